@@ -1,0 +1,93 @@
+"""Shared by the GPU kernel scripts: random checkpoint tensors, float32 references, graph timing."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+from vllm_autoround.format.packing import pack_cols
+from vllm_autoround.kernels.reference import dequantize
+
+L2_BYTES = 50 * 2**20
+
+
+def random_checkpoint(bits: int, group_size: int, sym: bool, k: int, n: int, device: str = "cuda",
+                      seed: int = 0) -> dict:
+    """Checkpoint tensors with uniformly random codes (timing does not care how they were tuned).
+
+    sym: zero point 2**(bits-1) stored minus one (``auto_round:auto_gptq``); asym: random zero points
+    stored raw (``auto_round``). Scales are random of both signs, like auto-round's sym scheme.
+    """
+    g = torch.Generator(device=device).manual_seed(seed)
+    words = k * bits // 32
+    qweight = torch.randint(-2**31, 2**31 - 1, (words, n), dtype=torch.int32, device=device, generator=g)
+    groups = 1 if group_size == -1 else k // group_size
+    if sym:
+        zeros = torch.full((groups, n), 2 ** (bits - 1) - 1, dtype=torch.int32, device=device)
+        offset = 1
+    else:
+        zeros = torch.randint(0, 2**bits, (groups, n), dtype=torch.int32, device=device, generator=g)
+        offset = 0
+    scales = (torch.rand(groups, n, device=device, generator=g) * 0.02 + 0.005)
+    scales = (scales * torch.where(torch.rand(groups, n, device=device, generator=g) < 0.5, -1.0, 1.0)).half()
+    return dict(qweight=qweight, qzeros=pack_cols(zeros, bits), scales=scales, bits=bits, group_size=group_size,
+                zero_point_offset=offset)
+
+
+def reference_out(x: torch.Tensor, ckpt: dict, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 ``x @ W.T + bias`` from the checkpoint tensors (the torch reference's dequantizer)."""
+    w = dequantize(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"], ckpt["bits"], ckpt["group_size"],
+                   ckpt["zero_point_offset"], torch.float32)
+    y = x.float() @ w.t()
+    return y if bias is None else y + bias.float()
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    if not torch.isfinite(y).all():
+        return float("inf")
+    return ((y.float() - ref).norm() / ref.norm()).item()
+
+
+def copies_for(nbytes: int, factor: float = 3.0) -> int:
+    """Weight copies so that cycling through them streams at least ``factor`` x L2 from DRAM."""
+    return max(2, math.ceil(factor * L2_BYTES / max(nbytes, 1)))
+
+
+def time_graph(fns: list, reps: int = 25, min_calls: int = 24) -> float:
+    """Median µs per call: a CUDA graph replays calls cycling through ``fns`` (rotated weights)."""
+    for f in fns:
+        f()
+    torch.cuda.synchronize()
+    calls = max(min_calls, len(fns))
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for f in fns:
+            f()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fns[i % len(fns)]()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000.0 / calls)
+    del graph
+    return statistics.median(times)
+
+
+def weight_bytes(bits: int, group_size: int, k: int, n: int, sym: bool) -> int:
+    """Checkpoint bytes of one weight: codes, fp16 scales, packed zero points when asym.
+
+    Effective bandwidth = these bytes / time, the same yardstick for every kernel compared."""
+    groups = 1 if group_size == -1 else k // group_size
+    return k * n * bits // 8 + groups * n * 2 + (0 if sym else groups * n * bits // 8)

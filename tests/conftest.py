@@ -1,0 +1,24 @@
+"""Session fixtures: the toy models every layer of the suite builds on (built once, ~30 s each)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def toy_llama(tmp_path_factory):
+    from vllm_autoround.toy import build_toy_model
+
+    return build_toy_model(tmp_path_factory.mktemp("toy") / "llama", "llama")
+
+
+@pytest.fixture(scope="session")
+def toy_qwen3(tmp_path_factory):
+    from vllm_autoround.toy import build_toy_model
+
+    return build_toy_model(tmp_path_factory.mktemp("toy") / "qwen3", "qwen3")

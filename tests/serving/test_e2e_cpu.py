@@ -1,0 +1,72 @@
+"""Quantize toy models with our CLI (and with auto-round), serve them with `vllm serve` on the CPU
+through the auto_round plugin, and check the answers against HF transformers on the dequantized weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.autoround_peer import autoround_quantize
+from tests.helpers import dequantized_state_dict, run_quantize
+from tests.serving.e2e import assert_served_matches_hf, eval_prompts
+from vllm_autoround.serving.launch import VLLMServer, cpu_env
+
+pytestmark = pytest.mark.slow
+
+MIXED = {
+    "mlp.down_proj": {"bits": 8, "group_size": -1},
+    "self_attn": {"bits": 2, "group_size": 32, "sym": False},
+    r"model.layers.1.mlp.(gate|up)_proj": {"bits": 16},
+}
+SCHEMES = {
+    "w4_g32_sym": ["--bits", "4", "--group_size", "32"],
+    "w3_g32_asym": ["--bits", "3", "--group_size", "32", "--asym"],
+    "w8_per_channel": ["--bits", "8", "--group_size", "-1"],
+    "w2_g32": ["--bits", "2", "--group_size", "32"],
+    "mixed": ["--bits", "4", "--group_size", "32", "--layer_config", json.dumps(MIXED)],
+}
+
+
+def serve_and_compare(ckpt, extra_args=("--enforce-eager",), env=None):
+    with VLLMServer(ckpt, quantization="auto_round", extra_args=list(extra_args), env=env) as server:
+        return assert_served_matches_hf(server.base_url, ckpt, eval_prompts(ckpt))
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_our_checkpoints_serve_like_hf(request, tmp_path, family, scheme):
+    model = request.getfixturevalue(f"toy_{family}")
+    ckpt = tmp_path / scheme
+    run_quantize(model, ckpt, *SCHEMES[scheme], "--iters", "0")
+    serve_and_compare(ckpt)
+
+
+def test_default_compiled_mode_and_dequant_cache(toy_llama, tmp_path):
+    """vLLM's default (torch.compile) path, with the optional cached dequantized weights."""
+    ckpt = tmp_path / "w4_g128"
+    run_quantize(toy_llama, ckpt, "--bits", "4", "--group_size", "128", "--iters", "0")
+    env = dict(cpu_env(), VLLM_AUTOROUND_DEQUANT_CACHE="1")
+    serve_and_compare(ckpt, extra_args=(), env=env)
+
+
+def test_auto_round_checkpoint_serves_and_reads_exactly(toy_qwen3, tmp_path):
+    """A checkpoint written by auto-round 0.16.1 itself (its default RTN): our reader reproduces the
+    weights auto-round's own inference code computes, and the plugin serves it."""
+    ckpt = autoround_quantize(toy_qwen3, tmp_path / "ar", bits=4, group_size=32, sym=True, opt_rtn=True)
+    from transformers import AutoModelForCausalLM
+
+    from vllm_autoround.kernels.reference import dequantize
+
+    theirs = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float16, device_map="cpu")
+    qlayer = theirs.model.layers[0].mlp.down_proj
+    assert "QuantLinear" in type(qlayer).__name__
+    eye = torch.eye(qlayer.in_features, dtype=torch.float16)
+    with torch.no_grad():
+        their_weight = qlayer(eye).T  # auto-round's own dequantization, [N, K] in float16
+    ours = dequantize(qlayer.qweight, qlayer.qzeros, qlayer.scales, 4, 32, 1, torch.float16)
+    assert torch.equal(ours, their_weight)
+    independent = dequantized_state_dict(ckpt)["model.layers.0.mlp.down_proj.weight"]
+    assert torch.equal(ours, independent.to(torch.float16))
+    serve_and_compare(ckpt)

@@ -1,0 +1,136 @@
+"""Python launchers: one call per kernel with an explicit :class:`KernelConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import torch
+
+from vllm_autoround.kernels import triton_kernels as tk
+from vllm_autoround.kernels.layout import PreparedWeight, block_k
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Which kernel and how it is tiled. ``waves``: split K until about waves x SMs programs run."""
+
+    kind: str  # "gemv" | "gemm" | "dequant"
+    block_n: int = 128
+    block_m: int = 16
+    waves: float = 0.0
+    num_warps: int = 4
+    num_stages: int = 2
+    scale_after: bool = True
+    w_first: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@lru_cache(maxsize=8)
+def sm_count(device_index: int) -> int:
+    if not torch.cuda.is_available():
+        return 4
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_sms(device: torch.device) -> int:
+    return sm_count(device.index or 0) if device.type == "cuda" else 4
+
+
+def _group_constexpr(p: PreparedWeight) -> int:
+    """GS for the kernels: 0 when one group spans K (per channel), else the group size."""
+    return 0 if p.effective_group_size == p.in_features else p.effective_group_size
+
+
+def _split(num_blocks: int, tiles: int, waves: float, p: PreparedWeight, device: torch.device) -> tuple[int, int]:
+    """(split_k, blocks_per_split) so that tiles * split_k ~ waves * SMs, no split left empty."""
+    if waves <= 0 or tiles > p.counters.numel():
+        return 1, num_blocks
+    split = max(1, min(num_blocks, round(waves * _num_sms(device) / tiles)))
+    per = -(-num_blocks // split)
+    return -(-num_blocks // per), per
+
+
+def _bias_arg(p: PreparedWeight, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    return (p.bias, True) if p.bias is not None else (x, False)
+
+
+def _zeros_arg(p: PreparedWeight) -> torch.Tensor:
+    return p.zeros if p.zero_point < 0 else p.scales
+
+
+def gemv(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x[M, K] @ W.T`` with :func:`triton_kernels.gemv_kernel` (one program row per activation row)."""
+    m, k = x.shape
+    n = p.out_features
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
+    if m == 0:
+        return out
+    num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
+    n_tiles = -(-n // cfg.block_n)
+    split, per = _split(num_blocks, n_tiles * m, cfg.waves, p, x.device)
+    part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
+    bias, has_bias = _bias_arg(p, x)
+    tk.gemv_kernel[(n_tiles, split, m)](
+        x, p.qweight, p.scales, _zeros_arg(p), bias, out, part, p.counters,
+        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
+        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
+        BLOCK_N=cfg.block_n, SPLIT=split > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x[M, K] @ W.T`` with :func:`triton_kernels.gemm_kernel` (tensor-core tiles)."""
+    m, k = x.shape
+    n = p.out_features
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
+    if m == 0:
+        return out
+    num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
+    m_tiles, n_tiles = -(-m // cfg.block_m), -(-n // cfg.block_n)
+    split, per = _split(num_blocks, m_tiles * n_tiles, cfg.waves, p, x.device)
+    part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
+    bias, has_bias = _bias_arg(p, x)
+    tk.gemm_kernel[(m_tiles, n_tiles, split)](
+        x, p.qweight, p.scales, _zeros_arg(p), bias, out, part, p.counters,
+        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
+        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split > 1, SCALE_AFTER=cfg.scale_after,
+        W_FIRST=cfg.w_first, F32_DOT=tk.INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def dequantize(p: PreparedWeight, dtype: torch.dtype, cfg: KernelConfig | None = None) -> torch.Tensor:
+    """The weight as ``[K, N]`` in ``dtype`` (transposed nn.Linear layout, ready for ``x @ w``)."""
+    cfg = cfg or KernelConfig(kind="dequant")
+    k, n = p.in_features, p.out_features
+    out = torch.empty(k, n, dtype=dtype, device=p.device)
+    num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
+    tk.dequant_kernel[(num_blocks, -(-n // cfg.block_n))](
+        p.qweight, p.scales, _zeros_arg(p), out, n, k,
+        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, BLOCK_N=cfg.block_n,
+        num_warps=cfg.num_warps,
+    )
+    return out
+
+
+def dequant_matmul(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Large-M path: dequantize once, then cuBLAS."""
+    w = dequantize(p, x.dtype, cfg)
+    if p.bias is not None:
+        return torch.addmm(p.bias.to(x.dtype), x, w, out=out)
+    return torch.matmul(x, w, out=out)
+
+
+LAUNCHERS = {"gemv": gemv, "gemm": gemm, "dequant": dequant_matmul}
+
+
+def run(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    return LAUNCHERS[cfg.kind](x, p, cfg, out)

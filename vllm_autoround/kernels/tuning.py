@@ -1,0 +1,139 @@
+"""Which kernel and tiling to run for a given M: measured defaults plus an on-device autotuner.
+
+The key is (device, bits, group size, zero kind, dtype, M bucket, N, K). On the first call for a key
+(outside CUDA-graph capture) the candidates of its M bucket are timed on the live inputs and the
+fastest is kept; `VLLM_AUTOROUND_TUNE=0` turns timing off (defaults only) and
+`VLLM_AUTOROUND_TUNE_CACHE=/path.json` keeps the choices across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from vllm_autoround.kernels.launch import KernelConfig, run
+from vllm_autoround.kernels.layout import PreparedWeight
+
+M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def m_bucket(m: int) -> int:
+    for b in M_BUCKETS:
+        if m <= b:
+            return b
+    return M_BUCKETS[-1]
+
+
+def _gemv(block_n: int, waves: float, warps: int = 4, stages: int = 2) -> KernelConfig:
+    return KernelConfig("gemv", block_n=block_n, waves=waves, num_warps=warps, num_stages=stages)
+
+
+def _gemm(block_m: int, block_n: int, waves: float, warps: int = 4, stages: int = 3, w_first: bool = False,
+          scale_after: bool = True) -> KernelConfig:
+    return KernelConfig("gemm", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps,
+                        num_stages=stages, w_first=w_first, scale_after=scale_after)
+
+
+DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
+
+
+def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
+    """The configuration used when not tuning (measured on an H100, docs/kernels.md)."""
+    if mb == 1:
+        return _gemv(128, 4)
+    if mb <= 16:
+        return _gemm(16, 64, 4, w_first=True)
+    if mb <= 64:
+        return _gemm(mb, 128, 2)
+    if mb <= 128:
+        return _gemm(64, 128, 1, stages=3)
+    return DEQUANT
+
+
+def candidates(mb: int, n: int, k: int, bits: int) -> list[KernelConfig]:
+    """What the autotuner times for one M bucket (the default first)."""
+    out = [default_config(mb, n, k, bits)]
+    if mb <= 4:
+        out += [_gemv(bn, w, warps) for bn in (64, 128, 256) for w in (2, 4, 8) for warps in (4,)]
+    if mb <= 16:
+        out += [_gemm(16, bn, w, w_first=wf) for bn in (64, 128) for w in (2, 4) for wf in (False, True)]
+    elif mb <= 128:
+        out += [_gemm(bm, bn, w, warps=warps) for bm in (32, 64) for bn in (64, 128) for w in (1, 2)
+                for warps in (4,) if bm <= mb]
+    else:
+        out += [_gemm(bm, bn, 0, warps=8, stages=3, scale_after=False) for bm in (64, 128) for bn in (128, 256)]
+        out.append(DEQUANT)
+    seen: list[KernelConfig] = []
+    for c in out:
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+class Tuner:
+    """Per-key choice of :class:`KernelConfig`; thread-safe, optionally persisted as JSON."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[str, KernelConfig] = {}
+        self._path = os.environ.get("VLLM_AUTOROUND_TUNE_CACHE")
+        if self._path and Path(self._path).exists():
+            raw = json.loads(Path(self._path).read_text())
+            self._cache = {key: KernelConfig(**cfg) for key, cfg in raw.items()}
+
+    @staticmethod
+    def enabled() -> bool:
+        return os.environ.get("VLLM_AUTOROUND_TUNE", "1") != "0"
+
+    @staticmethod
+    def key(x: torch.Tensor, p: PreparedWeight) -> str:
+        dev = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
+        zero = "sym" if p.zero_point >= 0 else "asym"
+        return (f"{dev}|w{p.bits}|g{p.group_size}|{zero}|{str(x.dtype).removeprefix('torch.')}|"
+                f"m{m_bucket(x.shape[0])}|n{p.out_features}|k{p.in_features}")
+
+    def choose(self, x: torch.Tensor, p: PreparedWeight) -> KernelConfig:
+        key = self.key(x, p)
+        cfg = self._cache.get(key)
+        if cfg is not None:
+            return cfg
+        mb = m_bucket(x.shape[0])
+        if not self.enabled() or x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+            return default_config(mb, p.out_features, p.in_features, p.bits)
+        cfg = self._tune(x, p, candidates(mb, p.out_features, p.in_features, p.bits))
+        with self._lock:
+            self._cache[key] = cfg
+            self._save()
+        return cfg
+
+    @staticmethod
+    def _tune(x: torch.Tensor, p: PreparedWeight, cands: list[KernelConfig]) -> KernelConfig:
+        import triton.testing
+
+        best, best_ms = cands[0], float("inf")
+        for cfg in cands:
+            try:
+                ms = triton.testing.do_bench(lambda cfg=cfg: run(x, p, cfg), warmup=5, rep=20)
+            except Exception:  # noqa: BLE001 - a config that does not compile here is skipped
+                continue
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        return best
+
+    def _save(self) -> None:
+        if not self._path:
+            return
+        data = {key: cfg.to_dict() for key, cfg in self._cache.items()}
+        target = Path(self._path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(f.name, target)
+
+
+TUNER = Tuner()

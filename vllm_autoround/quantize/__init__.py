@@ -1,0 +1,1 @@
+"""Post-training weight quantization: RTN and SignRound, writing the :mod:`vllm_autoround.format` layout."""

@@ -1,0 +1,96 @@
+"""Read a Hugging Face model directory tensor by tensor, without loading the whole model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from vllm_autoround.format.errors import FormatError
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+INDEX_NAME = "model.safetensors.index.json"
+
+
+class ModelFiles:
+    """A model directory: its config and a lazy name → tensor view over its safetensors shards."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        self.root = Path(model_dir)
+        if not self.root.is_dir():
+            raise FormatError(f"{self.root}: model directory not found")
+        self.config = self._read_json(self.root / "config.json")
+        self.weight_map = self._weight_map()
+        self._handles: dict[Path, Any] = {}
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FormatError(f"{path}: file not found") from None
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        if not isinstance(data, dict):
+            raise FormatError(f"{path}: expected a JSON object")
+        return data
+
+    def _weight_map(self) -> dict[str, Path]:
+        index = self.root / INDEX_NAME
+        if index.exists():
+            raw = self._read_json(index).get("weight_map")
+            if not isinstance(raw, dict):
+                raise FormatError(f"{index}: no weight_map object")
+            return {name: self.root / file for name, file in raw.items()}
+        shards = sorted(self.root.glob("*.safetensors"))
+        if not shards:
+            other = [p.name for p in self.root.iterdir() if p.suffix in WEIGHT_SUFFIXES]
+            hint = f" (found {other}; convert them to safetensors first)" if other else ""
+            raise FormatError(f"{self.root}: no .safetensors weights{hint}")
+        weight_map: dict[str, Path] = {}
+        for shard in shards:
+            for name in self._open(shard).keys():
+                weight_map[name] = shard
+        return weight_map
+
+    def _open(self, path: Path):
+        handle = self._handles.get(path) if hasattr(self, "_handles") else None
+        if handle is None:
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except FileNotFoundError:
+                raise FormatError(f"{path}: shard listed in the index is missing") from None
+            except (SafetensorError, OSError) as exc:
+                raise FormatError(f"{path}: unreadable safetensors file ({exc})") from None
+            if hasattr(self, "_handles"):
+                self._handles[path] = handle
+        return handle
+
+    def names(self) -> list[str]:
+        return list(self.weight_map)
+
+    def has(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def tensor(self, name: str) -> torch.Tensor:
+        try:
+            path = self.weight_map[name]
+        except KeyError:
+            raise FormatError(f"{self.root}: tensor {name!r} not found in the checkpoint") from None
+        try:
+            return self._open(path).get_tensor(name)
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise FormatError(f"{path}: cannot read tensor {name!r} ({exc})") from None
+
+    def tensors(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in names:
+            yield name, self.tensor(name)
+
+    def auxiliary_files(self) -> list[Path]:
+        """Everything a checkpoint needs besides weights: tokenizer, generation config, templates."""
+        return [p for p in sorted(self.root.iterdir())
+                if p.is_file() and p.suffix not in WEIGHT_SUFFIXES and p.name not in ("config.json", INDEX_NAME)]

@@ -1,0 +1,33 @@
+"""Which weight path a layer uses: Triton kernels on CUDA, the torch reference everywhere else.
+
+``VLLM_AUTOROUND_BACKEND=torch`` forces the torch path (how the XPU/Gaudi path is tested on a CPU);
+``VLLM_AUTOROUND_DEQUANT_CACHE=1`` keeps a dequantized copy of each weight on the torch path, trading
+memory for speed.
+"""
+
+from __future__ import annotations
+
+import os
+
+TORCH = "torch"
+TRITON = "triton"
+EAGER_DEVICE_TYPES = ("xpu", "hpu")
+
+
+def device_type() -> str:
+    from vllm.platforms import current_platform
+
+    return getattr(current_platform, "device_type", "cpu") or "cpu"
+
+
+def choose_backend() -> str:
+    forced = os.environ.get("VLLM_AUTOROUND_BACKEND", "").strip().lower()
+    if forced in (TORCH, TRITON):
+        return forced
+    if forced:
+        raise ValueError(f"VLLM_AUTOROUND_BACKEND={forced!r}: expected 'torch' or 'triton'")
+    return TRITON if device_type() == "cuda" else TORCH
+
+
+def dequant_cache_enabled() -> bool:
+    return os.environ.get("VLLM_AUTOROUND_DEQUANT_CACHE", "0").strip().lower() in ("1", "true", "yes")
