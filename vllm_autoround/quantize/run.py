@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vllm_autoround import __version__
 from vllm_autoround.format.schema import LayerScheme
 from vllm_autoround.quantize.model_files import ModelFiles
@@ -31,6 +33,14 @@ def run_signature(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
             "dataset": args.dataset}
 
 
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return name
+
+
 def quantize(args: argparse.Namespace) -> Path:
     started = time.monotonic()
     files = ModelFiles(args.model)
@@ -40,7 +50,7 @@ def quantize(args: argparse.Namespace) -> Path:
     writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe))
     report: dict[str, Any] = {"method": "rtn" if recipe.iters == 0 else "signround", "recipe": vars(recipe)}
     if recipe.iters == 0:
-        quantize_rtn(files, plan, writer)
+        quantize_rtn(files, plan, writer, resolve_device(args.device))
     else:
         from vllm_autoround.quantize.signround import tune_model
 

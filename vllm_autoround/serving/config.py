@@ -123,10 +123,13 @@ class AutoRoundConfig(QuantizationConfig):
         from vllm_autoround.serving.linear import AutoRoundLinearMethod
 
         if isinstance(layer, ParallelLMHead):
-            if self.scheme_for_prefix(prefix) is not None:
-                raise FormatError(f"{prefix}: a quantized lm_head is not supported by the auto_round plugin yet; "
-                                  f"quantize without --quant_lm_head")
-            return None
+            scheme = self.scheme_for_prefix(prefix)
+            if scheme is None:
+                return None
+            if layer.num_embeddings_padded != layer.org_vocab_size:
+                raise FormatError(f"{prefix}: a quantized lm_head needs a vocabulary that vLLM does not pad "
+                                  f"(a multiple of 64); this one has {layer.org_vocab_size} entries")
+            return AutoRoundLinearMethod(scheme, self.quant.zero_point_offset, prefix)
         if isinstance(layer, LinearBase):
             scheme = self.scheme_for_prefix(prefix)
             if scheme is None:

@@ -1,0 +1,192 @@
+"""End-to-end decode throughput on the GPU: our plugin vs vLLM's built-in loader vs bf16 (issue 5).
+
+One Llama-3-8B-shaped model with 16 decoder layers and random bf16 weights (hidden 4096, intermediate
+14336, 32 heads, 8 KV heads, vocab 32000), quantized with our RTN; each configuration runs in its own
+process through vLLM's offline engine with its defaults (torch.compile, CUDA graphs).
+
+    python ci/gpu/bench_serve.py --work /tmp/bench_serve --configs bf16,builtin_w4,ours_w4,ours_w3,ours_w2
+
+Results accumulate in WORK/results/*.json, so the configurations can be split over several calls;
+every call prints the table of what has been measured so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BATCHES = (1, 16, 64, 256)
+PROMPT_LEN, GEN_LEN = 128, 256
+AGREE_PROMPTS, AGREE_TOKENS = 8, 64
+CONFIGS = {  # name: (checkpoint, --quantization)
+    "bf16": ("bf16", None),
+    "builtin_w4": ("w4g128", None),
+    "ours_w4": ("w4g128", "auto_round"),
+    "ours_w3": ("w3g64", "auto_round"),
+    "ours_w2": ("w2g64", "auto_round"),
+}
+CHECKPOINTS = {"w4g128": ("4", "128"), "w3g64": ("3", "64"), "w2g64": ("2", "64")}
+
+
+def build_model(path: Path, layers: int = 16) -> None:
+    """Random bf16 weights in HF Llama layout; lm_head std 0.1 so that greedy choices are not near-ties."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    if (path / "config.json").exists():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    hidden, inter, heads, kv, vocab, head_dim = 4096, 14336, 32, 8, 32000, 128
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
+                         max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         bos_token_id=0, eos_token_id=1, torch_dtype="bfloat16")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape, std=0.02):
+        return (torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32) * std).to(torch.bfloat16).cpu()
+
+    shapes = {"self_attn.q_proj": (heads * head_dim, hidden), "self_attn.k_proj": (kv * head_dim, hidden),
+              "self_attn.v_proj": (kv * head_dim, hidden), "self_attn.o_proj": (hidden, heads * head_dim),
+              "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden), "mlp.down_proj": (hidden, inter)}
+    weight_map = {}
+    for i in range(layers):
+        tensors = {f"model.layers.{i}.{name}.weight": rand(*shape) for name, shape in shapes.items()}
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            tensors[f"model.layers.{i}.{norm}.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+        file = f"model-{i:05d}.safetensors"
+        save_file(tensors, str(path / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, file))
+    rest = {"model.embed_tokens.weight": rand(vocab, hidden, std=1.0), "lm_head.weight": rand(vocab, hidden, std=0.1),
+            "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16)}
+    save_file(rest, str(path / "model-rest.safetensors"), metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys(rest, "model-rest.safetensors"))
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config.save_pretrained(path)
+    vocab_map = {f"t{i}": i for i in range(vocab)}
+    tok = Tokenizer(models.WordLevel(vocab_map, unk_token="t2"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t0", eos_token="t1", unk_token="t2").save_pretrained(path)
+
+
+def quantize(work: Path) -> None:
+    for name, (bits, group) in CHECKPOINTS.items():
+        if (work / name / "config.json").exists():
+            continue
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-m", "vllm_autoround.quantize", "--model", str(work / "bf16"),
+                        "--output", str(work / name), "--bits", bits, "--group_size", group, "--iters", "0",
+                        "--device", "cuda"], check=True)
+        print(f"quantized {name} in {time.monotonic() - start:.0f} s", flush=True)
+
+
+def prompts(count: int, seed: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randrange(3, 32000) for _ in range(PROMPT_LEN)]} for _ in range(count)]
+
+
+def run_one(work: Path, name: str) -> dict:
+    """Measure one configuration (runs in its own process so GPU memory starts empty)."""
+    from vllm import LLM, SamplingParams
+
+    ckpt, quantization = CONFIGS[name]
+    start = time.monotonic()
+    llm = LLM(model=str(work / ckpt), quantization=quantization, dtype="bfloat16", max_model_len=1024,
+              gpu_memory_utilization=0.85, seed=0, max_num_seqs=256)
+    result: dict = {"name": name, "startup_s": time.monotonic() - start, "tok_s": {}}
+    greedy = SamplingParams(max_tokens=GEN_LEN, ignore_eos=True, temperature=0.0)
+    one = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0)
+    llm.generate(prompts(4, 99), greedy, use_tqdm=False)  # warm-up
+    for batch in BATCHES:
+        batch_prompts = prompts(batch, batch)
+        t0 = time.perf_counter()
+        llm.generate(batch_prompts, one, use_tqdm=False)
+        t1 = time.perf_counter()
+        llm.generate(batch_prompts, greedy, use_tqdm=False)
+        t2 = time.perf_counter()
+        decode_s = (t2 - t1) - (t1 - t0)  # subtract prefill + first token
+        result["tok_s"][str(batch)] = batch * (GEN_LEN - 1) / decode_s
+        print(f"{name} batch {batch}: {result['tok_s'][str(batch)]:.0f} tok/s", flush=True)
+    outs = llm.generate(prompts(AGREE_PROMPTS, 7), SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True,
+                                                                  temperature=0.0), use_tqdm=False)
+    result["greedy"] = [list(o.outputs[0].token_ids) for o in outs]
+    return result
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of greedy tokens that match before the first divergence of each prompt."""
+    matched = 0
+    for x, y in zip(a, b, strict=True):
+        for p, q in zip(x, y, strict=True):
+            if p != q:
+                break
+            matched += 1
+    return matched / (AGREE_PROMPTS * AGREE_TOKENS)
+
+
+def report(results_dir: Path) -> str:
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
+    lines = ["| config | startup s | " + " | ".join(f"batch {b} tok/s" for b in BATCHES) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in BATCHES) + " |"]
+    for name in CONFIGS:
+        if name in results:
+            r = results[name]
+            lines.append(f"| {name} | {r['startup_s']:.0f} | " +
+                         " | ".join(f"{r['tok_s'][str(b)]:.0f}" for b in BATCHES) + " |")
+    for ours in ("ours_w4", "ours_w3", "ours_w2"):
+        for anchor in ("builtin_w4", "bf16"):
+            if ours in results and anchor in results:
+                ratios = [results[ours]["tok_s"][str(b)] / results[anchor]["tok_s"][str(b)] for b in BATCHES]
+                lines.append(f"| {ours} / {anchor} | | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+    if "ours_w4" in results and "builtin_w4" in results:
+        share = agreement(results["ours_w4"]["greedy"], results["builtin_w4"]["greedy"])
+        lines.append(f"\ngreedy agreement ours_w4 vs builtin_w4 (tokens before first divergence, "
+                     f"{AGREE_PROMPTS} prompts x {AGREE_TOKENS}): {share:.1%}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="/tmp/bench_serve")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    work = Path(args.work)
+    results_dir = work / "results"
+    if args.one:
+        result = run_one(work, args.one)
+        (results_dir / f"{args.one}.json").write_text(json.dumps(result))
+        return 0
+    results_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    build_model(work / "bf16")
+    print(f"model ready in {time.monotonic() - start:.0f} s", flush=True)
+    quantize(work)
+    for name in args.configs.split(","):
+        if (results_dir / f"{name}.json").exists():
+            continue
+        proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name],
+                              env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
+        if proc.returncode != 0:
+            print(f"{name}: failed with exit code {proc.returncode}", flush=True)
+    table = report(results_dir)
+    print(table)
+    out = os.environ.get("OUT")
+    if out:
+        Path(out, "bench_serve.md").write_text(table + "\n")
+        for p in results_dir.glob("*.json"):
+            Path(out, f"serve_{p.name}").write_text(p.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
