@@ -6,7 +6,6 @@ on is validated with an error that names the file and field.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import msgspec
 
 from vllm_autoround.format.errors import FormatError
+from vllm_autoround.format.jsonfile import read_json_object
 from vllm_autoround.format.packing import SUPPORTED_BITS
 
 QUANT_METHODS = ("auto-round", "auto_round")
@@ -178,12 +178,7 @@ def parse_quant_config(raw: dict[str, Any], source: str = "quantization_config")
 def load_quant_config(model_dir: str | Path) -> QuantConfig:
     """Read and validate ``quantization_config`` from ``model_dir/config.json``."""
     path = Path(model_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FormatError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    config = read_json_object(path)
     if "quantization_config" not in config:
         raise FormatError(f"{path}: no quantization_config field; is this a quantized checkpoint?")
     return parse_quant_config(config["quantization_config"], f"{path}: quantization_config")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from vllm_autoround.format.errors import FormatError
-from vllm_autoround.format.schema import QuantConfig, load_quant_config
+from vllm_autoround.format.schema import LayerScheme, QuantConfig, load_quant_config
 from vllm_autoround.format.tensors import expected_shapes
 
 _DTYPES = {"I32": torch.int32, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
@@ -86,45 +86,50 @@ def quantized_layers(tensors: dict[str, TensorInfo]) -> list[str]:
     return sorted({name.rsplit(".", 1)[0] for name in tensors if name.endswith((".qweight", ".qzeros", ".scales"))})
 
 
+def _check_layer(layer: str, scheme: LayerScheme, tensors: dict[str, TensorInfo]) -> None:
+    def where_of(suffix: str) -> str:
+        return f"{tensors[f'{layer}.{suffix}'].file}: {layer}.{suffix}"
+
+    for suffix in ("qweight", "qzeros", "scales"):
+        if f"{layer}.{suffix}" not in tensors:
+            present = next(f"{layer}.{s}" for s in ("qweight", "qzeros", "scales") if f"{layer}.{s}" in tensors)
+            raise FormatError(f"{tensors[present].file}: {layer}.{suffix} is missing (layer has {present})")
+    if not scheme.quantized:
+        raise FormatError(f"{where_of('qweight')}: packed tensors for a layer the config leaves unquantized")
+    qweight = tensors[f"{layer}.qweight"]
+    if qweight.dtype != "I32" or len(qweight.shape) != 2:
+        raise FormatError(f"{where_of('qweight')}: expected a 2-D int32 tensor, got {qweight.dtype} "
+                          f"{list(qweight.shape)}")
+    if (qweight.shape[0] * 32) % scheme.bits:
+        raise FormatError(f"{where_of('qweight')}: {qweight.shape[0]} rows do not hold whole {scheme.bits}-bit "
+                          f"values")
+    in_features, out_features = qweight.shape[0] * 32 // scheme.bits, qweight.shape[1]
+    try:
+        scheme.check_layer(in_features, out_features, where_of("qweight"))
+    except FormatError as exc:
+        raise FormatError(f"{exc} (bits={scheme.bits}, group_size={scheme.group_size})") from None
+    shapes = expected_shapes(scheme, in_features, out_features)
+    for suffix, want_dtype in (("qzeros", "I32"), ("scales", None), ("g_idx", "I32")):
+        info = tensors.get(f"{layer}.{suffix}")
+        if info is None:
+            continue
+        if info.shape != shapes[suffix]:
+            raise FormatError(f"{where_of(suffix)}: shape {list(info.shape)}, expected {list(shapes[suffix])} for "
+                              f"bits={scheme.bits} group_size={scheme.group_size} "
+                              f"[out={out_features}, in={in_features}]")
+        if want_dtype and info.dtype != want_dtype:
+            raise FormatError(f"{where_of(suffix)}: dtype {info.dtype}, expected int32")
+        if suffix == "scales" and info.dtype not in ("F16", "BF16", "F32"):
+            raise FormatError(f"{where_of(suffix)}: dtype {info.dtype}, expected float16/bfloat16/float32")
+
+
 def validate_checkpoint(model_dir: str | Path, config: QuantConfig | None = None) -> dict[str, TensorInfo]:
     """Raise FormatError on the first inconsistency; return the header info of every tensor."""
     model_dir = Path(model_dir)
     config = config or load_quant_config(model_dir)
     tensors = checkpoint_tensors(model_dir)
     for layer in quantized_layers(tensors):
-        scheme = config.scheme_for(layer)
-        where_of = lambda suffix: f"{tensors[f'{layer}.{suffix}'].file}: {layer}.{suffix}"  # noqa: E731
-        for suffix in ("qweight", "qzeros", "scales"):
-            if f"{layer}.{suffix}" not in tensors:
-                present = next(f"{layer}.{s}" for s in ("qweight", "qzeros", "scales") if f"{layer}.{s}" in tensors)
-                raise FormatError(f"{tensors[present].file}: {layer}.{suffix} is missing (layer has {present})")
-        if not scheme.quantized:
-            raise FormatError(f"{where_of('qweight')}: packed tensors for a layer the config leaves unquantized")
-        qweight = tensors[f"{layer}.qweight"]
-        if qweight.dtype != "I32" or len(qweight.shape) != 2:
-            raise FormatError(f"{where_of('qweight')}: expected a 2-D int32 tensor, got {qweight.dtype} "
-                              f"{list(qweight.shape)}")
-        if (qweight.shape[0] * 32) % scheme.bits:
-            raise FormatError(f"{where_of('qweight')}: {qweight.shape[0]} rows do not hold whole {scheme.bits}-bit "
-                              f"values")
-        in_features, out_features = qweight.shape[0] * 32 // scheme.bits, qweight.shape[1]
-        try:
-            scheme.check_layer(in_features, out_features, where_of("qweight"))
-        except FormatError as exc:
-            raise FormatError(f"{exc} (bits={scheme.bits}, group_size={scheme.group_size})") from None
-        shapes = expected_shapes(scheme, in_features, out_features)
-        for suffix, want_dtype in (("qzeros", "I32"), ("scales", None), ("g_idx", "I32")):
-            info = tensors.get(f"{layer}.{suffix}")
-            if info is None:
-                continue
-            if info.shape != shapes[suffix]:
-                raise FormatError(f"{where_of(suffix)}: shape {list(info.shape)}, expected {list(shapes[suffix])} for "
-                                  f"bits={scheme.bits} group_size={scheme.group_size} "
-                                  f"[out={out_features}, in={in_features}]")
-            if want_dtype and info.dtype != want_dtype:
-                raise FormatError(f"{where_of(suffix)}: dtype {info.dtype}, expected int32")
-            if suffix == "scales" and info.dtype not in ("F16", "BF16", "F32"):
-                raise FormatError(f"{where_of(suffix)}: dtype {info.dtype}, expected float16/bfloat16/float32")
+        _check_layer(layer, config.scheme_for(layer), tensors)
     return tensors
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from vllm_autoround.format.errors import FormatError
+from vllm_autoround.format.jsonfile import read_json_object
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 INDEX_NAME = "model.safetensors.index.json"
@@ -23,26 +23,14 @@ class ModelFiles:
         self.root = Path(model_dir)
         if not self.root.is_dir():
             raise FormatError(f"{self.root}: model directory not found")
-        self.config = self._read_json(self.root / "config.json")
+        self.config = read_json_object(self.root / "config.json")
         self.weight_map = self._weight_map()
         self._handles: dict[Path, Any] = {}
-
-    @staticmethod
-    def _read_json(path: Path) -> dict[str, Any]:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FormatError(f"{path}: file not found") from None
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-        if not isinstance(data, dict):
-            raise FormatError(f"{path}: expected a JSON object")
-        return data
 
     def _weight_map(self) -> dict[str, Path]:
         index = self.root / INDEX_NAME
         if index.exists():
-            raw = self._read_json(index).get("weight_map")
+            raw = read_json_object(index).get("weight_map")
             if not isinstance(raw, dict):
                 raise FormatError(f"{index}: no weight_map object")
             return {name: self.root / file for name, file in raw.items()}
