@@ -5,7 +5,8 @@ The scenario is chosen per request by the model name, e.g. ``fake?ttft=0.3&tpot=
 
 - ``ttft``/``tpot``: first token ``ttft`` s after the request, token i at ``ttft + i*tpot`` (absolute
   schedule, no drift); ``per_chunk`` tokens per SSE event; ``usage=0`` never reports usage;
-  ``hdelay``: seconds before the response headers (TTFT still counts from the request).
+  ``hdelay``: seconds before the response headers (TTFT still counts from the request);
+  ``key=K``: 401 unless the request carries ``Authorization: Bearer K``.
 - ``mode``: ``ok``, ``malformed`` (3 bad lines per request, tokens still sent), ``http500``/``http400``/
   ``http429``, ``drop`` (connection closed after ``after`` tokens), ``hang`` (headers, then nothing),
   ``noend`` (no finish_reason, no [DONE]), ``api_error`` (an error event after ``after`` tokens).
@@ -65,6 +66,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     sc = scenario(body.get("model", ""))
     chat = request.path.endswith("/chat/completions")
     n_request = next(_counter)
+    if sc.get("key") and request.headers.get("Authorization") != f"Bearer {sc['key']}":
+        return _error(401, "bad api key")
     if sc.get("fail_every") and n_request % int(sc["fail_every"]) == 0:
         return _error(500, "scripted failure")
     mode = sc.get("mode", "ok")

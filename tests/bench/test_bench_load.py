@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+
 from vllm_autoround.bench.__main__ import main
 from vllm_autoround.bench.client import Endpoint, Prompt, RequestOptions, new_session
 from vllm_autoround.bench.load import Budget, poisson_arrivals, run_point
@@ -91,6 +92,13 @@ def test_malformed_sse_lines_are_counted_and_the_stream_still_measured(fake_url)
     assert point.summary.completed == 4
     assert point.summary.malformed_sse_lines == 4 * 3
     assert all(r.malformed_lines == 3 and r.output_tokens == 8 for r in point.records)
+
+
+def test_api_key_comes_from_the_environment(fake_url, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert _run_point(fake_url, "fake?key=s3cret", n=2, concurrency=2).summary.errors == {"http_401": 2}
+    monkeypatch.setenv("OPENAI_API_KEY", "s3cret")
+    assert _run_point(fake_url, "fake?key=s3cret", n=2, concurrency=2).summary.completed == 2
 
 
 def test_hanging_server_hits_the_request_timeout(fake_url):

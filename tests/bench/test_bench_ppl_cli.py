@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import pytest
 
@@ -110,7 +111,7 @@ def _metric(markdown: str, section: str, name: str) -> list[str]:
 
 
 def test_sweep_then_compare_endpoints_and_files(fake_url, tmp_path, text_file):
-    fast, slow = "fake?ttft=0.05&tpot=0.01", "fake?ttft=0.1&tpot=0.02"
+    fast, slow = "fake?ttft=0.2&tpot=0.005", "fake?ttft=0.4&tpot=0.01"
     out = tmp_path / "cmp"
     rc = main(["compare", "--base-url", fake_url, "--base-url", fake_url + "/v1", "--model", fast, "--model", slow,
                "--label", "fast", "--label", "slow", "--concurrency", "1,2", "--num-prompts", "4",
@@ -130,8 +131,8 @@ def test_sweep_then_compare_endpoints_and_files(fake_url, tmp_path, text_file):
     assert len({r.prompt_tokens for r in a.load[0].records}) > 1  # drawn from the distribution
     md = (out / "compare.md").read_text()
     name, va, vb, rel = _metric(md, "Load at concurrency 2", "TTFT p50 (ms)")
-    assert float(va) == pytest.approx(50, rel=0.1) and float(vb) == pytest.approx(100, rel=0.1)
-    assert 80 < float(rel.rstrip("%")) < 120
+    assert float(va) == pytest.approx(200, rel=0.05) and float(vb) == pytest.approx(400, rel=0.05)
+    assert 85 < float(rel.rstrip("%")) < 115
     assert _metric(md, "Perplexity", "perplexity")[3] == "+0.0%"
 
     again = tmp_path / "again"
@@ -166,3 +167,25 @@ def test_prompt_file_and_bad_prompt_file(fake_url, tmp_path, capsys):
     rc = main(["load", "--base-url", fake_url, "--model", "fake", "--prompts", str(bad), "--out",
                str(tmp_path / "o2"), "--no-progress"])
     assert rc == 2 and capsys.readouterr().err.strip().startswith(f"error: {bad}:2:")
+
+
+def test_global_deadline_bounds_the_whole_invocation(fake_url, tmp_path):
+    t0 = time.monotonic()
+    rc = main(["load", "--base-url", fake_url, "--model", "fake?ttft=0.1&tpot=0.1", "--tokenizer", "none",
+               "--concurrency", "2,4", "--num-prompts", "10", "--output-len", "30", "--warmup", "0",
+               "--ppl-text", "builtin", "--max-duration", "1.5", "--out", str(tmp_path), "--no-progress"])
+    assert time.monotonic() - t0 < 3.5
+    result = decode((tmp_path / "result.json").read_bytes())
+    assert rc == 1  # nothing finished: every request needs 3 s
+    assert len(result.load) == 1 and result.load[0].stopped_by_deadline
+    assert result.load[0].summary.errors == {"deadline": 2} and result.load[0].summary.not_sent == 8
+    assert result.perplexity is None
+    assert any("concurrency 4" in note for note in result.notes)
+    assert any("perplexity not measured" in note for note in result.notes)
+
+
+def test_window_longer_than_the_server_context_is_refused_up_front(fake_url, tmp_path, capsys):
+    rc = main(["ppl", "--base-url", fake_url, "--model", "fake", "--ppl-text", "builtin", "--ppl-window", "4096",
+               "--out", str(tmp_path)])
+    assert rc == 2 and "max_model_len is 4096" in capsys.readouterr().err
+    assert not (tmp_path / "result.json").exists()

@@ -21,13 +21,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(toy_llama):
     from vllm_autoround.serving.launch import VLLMServer
-    from vllm_autoround.toy import build_toy_model
 
-    model_dir = build_toy_model(tmp_path_factory.mktemp("toy") / "llama")
-    with VLLMServer(model_dir, dtype="float32", max_model_len=512, extra_args=["--enforce-eager"]) as server:
-        yield model_dir, server.base_url
+    with VLLMServer(toy_llama, dtype="float32", max_model_len=512, extra_args=["--enforce-eager"]) as server:
+        yield toy_llama, server.base_url
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""``python -m vllm_autoround.bench``: load test, concurrency sweep, perplexity and comparison of
-OpenAI-compatible endpoints. Run with ``--help`` on each subcommand.
+"""Load test, concurrency sweep, perplexity and comparison of OpenAI-compatible endpoints.
+Run with --help on each subcommand; docs/bench.md has examples.
 
 Exit status: 0 when something was measured, 1 when nothing was (unreachable server, every request
 failed), 2 for bad arguments or input files. Results are written even when the run ends early.
@@ -21,6 +21,8 @@ from .load import Budget
 from .perplexity import APIS
 from .runner import LoadConfig, PerplexityConfig, run_bench, write_comparison
 from .schema import BenchResult, decode
+
+HARD_STOP_GRACE_S = 60.0
 
 
 def _int_list(text: str) -> list[int]:
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_config(args) -> LoadConfig:
-    rates = args.request_rate or [None]
+    rates = [None if r == float("inf") else r for r in args.request_rate or [None]]
     concurrency = args.concurrency or ([None] if args.request_rate else [8])
     if len(rates) > 1 and len(concurrency) > 1:
         raise ValueError("sweep either --concurrency or --request-rate, not both")
@@ -264,11 +266,24 @@ def _distinct_labels(results: list[BenchResult]) -> None:
         results[1].label += " (b)"
 
 
+async def _bounded(args, argv: list[str]) -> int:
+    """Hard backstop behind the cooperative deadline: setup calls (model list, tokenization) and a
+    stuck write can never keep the tool alive for long past --max-duration."""
+    if not args.max_duration:
+        return await _main_async(args, argv)
+    try:
+        return await asyncio.wait_for(_main_async(args, argv), args.max_duration + HARD_STOP_GRACE_S)
+    except asyncio.TimeoutError:
+        print(f"error: still running {HARD_STOP_GRACE_S:.0f} s after --max-duration; stopped (results of the "
+              "points already finished are on disk)", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(_main_async(args, argv))
+        return asyncio.run(_bounded(args, argv))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -51,7 +51,7 @@ class RequestFailed(Exception):
 def new_session(connect_timeout: float = 10.0) -> aiohttp.ClientSession:
     """A session without aiohttp's 100-connection cap; total time is bounded by the callers."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
     )
 

@@ -84,8 +84,8 @@ async def run_point(
     tasks: set[asyncio.Task] = set()
     label = f"c={concurrency}" if concurrency else ""
     label += f" rate={request_rate:g}/s" if request_rate else ""
-    bar = tqdm(total=len(prompts), desc=f"load {label.strip()}", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(prompts), desc=f"load {label.strip()}", disable=None if progress else True,
+               file=sys.stderr, dynamic_ncols=True, leave=False)  # None: no bar when stderr is not a terminal
     run_start = time.perf_counter()
 
     async def one(index: int, prompt: Prompt) -> None:

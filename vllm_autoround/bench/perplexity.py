@@ -211,8 +211,8 @@ async def measure_perplexity(
         done = {}
 
     limit = asyncio.Semaphore(max(1, concurrency))
-    bar = tqdm(total=len(specs), initial=len(done), desc="perplexity", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=len(specs), initial=len(done), desc="perplexity", disable=None if progress else True,
+               file=sys.stderr, dynamic_ncols=True, leave=False)  # None: no bar when stderr is not a terminal
 
     async def one(spec: WindowSpec) -> None:
         async with limit:

@@ -74,6 +74,7 @@ def plot_throughput(series: Sequence[tuple[str, Sequence[LoadPoint]]], path: str
                 ax.plot([x for x, _ in pairs], [y for _, y in pairs], marker="o", label=name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
         if xlabel == "concurrency" and len(categories) > 2:
             from matplotlib.ticker import NullFormatter
 

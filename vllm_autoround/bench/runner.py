@@ -15,7 +15,7 @@ from .load import Budget, run_point, warm_up
 from .perplexity import measure_perplexity
 from .plots import plot_latency_cdf, plot_throughput
 from .prompts import build_prompts
-from .report import point_label, render_comparison, render_result
+from .report import common_points, point_label, render_comparison, render_result
 from .schema import BenchResult, LoadSettings, encode
 from .tokenizing import resolve_tokenizer
 
@@ -66,8 +66,6 @@ def write_outputs(result: BenchResult, out_dir: str | os.PathLike) -> list[Path]
 
 
 def write_comparison(a: BenchResult, b: BenchResult, out_dir: str | os.PathLike) -> list[Path]:
-    from .report import common_points
-
     out = Path(out_dir)
     written = [write_text_atomic(out / "compare.md", render_comparison(a, b))]
     pairs = common_points(a, b)
@@ -95,6 +93,10 @@ async def run_bench(
     async with new_session() as session:
         info = await discover_model(session, endpoint)
         max_model_len = info.get("max_model_len") if isinstance(info.get("max_model_len"), int) else None
+        if (perplexity is not None and perplexity.window and perplexity.tokenizer != "none" and max_model_len
+                and perplexity.window >= max_model_len):  # before any load point is spent
+            raise ValueError(f"--ppl-window {perplexity.window}: the server's max_model_len is {max_model_len} "
+                             f"(a window plus one generated token must fit); use at most {max_model_len - 1}")
         result = BenchResult(label=label or endpoint.model, base_url=endpoint.base_url, model=endpoint.model,
                              created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              argv=list(argv or []))
