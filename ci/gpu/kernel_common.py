@@ -36,6 +36,12 @@ def random_checkpoint(bits: int, group_size: int, sym: bool, k: int, n: int, dev
                 zero_point_offset=offset)
 
 
+def reference_weight(ckpt: dict) -> torch.Tensor:
+    """Float32 ``[N, K]`` weight from the checkpoint tensors (the torch reference's dequantizer)."""
+    return dequantize(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"], ckpt["bits"], ckpt["group_size"],
+                      ckpt["zero_point_offset"], torch.float32)
+
+
 def reference_out(x: torch.Tensor, ckpt: dict, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 ``x @ W.T + bias`` from the checkpoint tensors (the torch reference's dequantizer)."""
     w = dequantize(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"], ckpt["bits"], ckpt["group_size"],

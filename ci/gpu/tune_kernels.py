@@ -58,32 +58,28 @@ CHECK = [
 ]
 
 W4 = (4, 128, True)
-SWEEP = []  # (scheme, M list, config)
-for bn in (64, 128, 256):
-    for w in (1, 2, 4, 8):
-        for warps in (4, 8):
-            SWEEP.append((W4, [1], gemv(bn, w, warps)))
-SWEEP += [(W4, [1], gemv(128, 4, 4, st)) for st in (1, 3)]
-SWEEP += [(W4, [1, 16], gemm(16, bn, w, w_first=True)) for bn in (64, 128) for w in (2, 4)]
-for scheme in [(2, 64, True), (3, 64, True), (8, 128, True), (4, 128, False), (2, 64, False), (3, 64, False),
-               (8, 128, False)]:
-    SWEEP += [(scheme, [1], gemv(bn, w)) for bn in (64, 128, 256) for w in (2, 4, 8)]
-    SWEEP.append((scheme, [1, 16], gemm(16, 64, 4, w_first=True)))
+ALL = SHAPES
+TWO = [(4096, 14336), (8192, 28672)]
+SWEEP = []  # (scheme, shapes, M list, config)
+SWEEP += [(W4, ALL, [1], gemv(bn, w, warps)) for bn in (128, 256) for w in (2, 4, 8) for warps in (4, 8)]
+SWEEP += [(W4, ALL, [1], gemv(64, 4)), (W4, TWO, [1], gemv(128, 4, 4, 1)), (W4, TWO, [1], gemv(128, 4, 4, 3))]
+SWEEP += [(W4, ALL, [1, 16], gemm(16, bn, w, w_first=True)) for bn in (64, 128) for w in (2, 4)]
+for scheme in [(2, 64, True), (3, 64, True), (8, 128, True), (4, 128, False), (3, 64, False)]:
+    SWEEP += [(scheme, ALL, [1], gemv(bn, w)) for bn in (128, 256) for w in (4, 8)]
+    SWEEP.append((scheme, TWO, [1, 16], gemm(16, 64, 4, w_first=True)))
 for scheme in [(8, 128, True), (4, 128, False)]:
-    SWEEP += [(scheme, [16], gemm(16, bn, w, w_first=wf)) for bn in (64, 128) for w in (2, 4) for wf in (False, True)]
-    SWEEP += [(scheme, [64], gemm(bm, 128, w)) for bm in (32, 64) for w in (1, 2)]
-    SWEEP += [(scheme, [256, 1024], gemm(128, bn, 0, warps=8, scale_after=sa)) for bn in (128, 256)
-              for sa in (True, False)]
-SWEEP += [(W4, [16], gemm(16, bn, w, w_first=wf, stages=st)) for bn in (32, 64, 128) for w in (1, 2, 4)
-          for wf in (False, True) for st in (3,)]
-SWEEP += [(W4, [16], gemv(128, 4)), (W4, [16], gemv(256, 2))]
-SWEEP += [(W4, [64], gemm(bm, bn, w, w_first=wf)) for bm in (16, 32, 64) for bn in (64, 128) for w in (1, 2)
-          for wf in (False, True)]
-SWEEP += [(W4, [256, 1024], gemm(bm, bn, 0, warps=warps, scale_after=sa)) for bm in (64, 128) for bn in (128, 256)
-          for warps in (4, 8) for sa in (True, False)]
-SWEEP += [(W4, [256, 1024], gemm(128, 256, 0, warps=8, stages=st, scale_after=False)) for st in (2, 4)]
-SWEEP += [(W4, [4096], gemm(128, bn, 0, warps=8, scale_after=False)) for bn in (128, 256)]
-SWEEP += [(s, [256, 1024, 4096], DEQ) for s in [W4, (8, 128, True), (4, 128, False)]]
+    SWEEP += [(scheme, TWO, [16], gemm(16, 64, w, w_first=wf)) for w in (2, 4) for wf in (False, True)]
+    SWEEP += [(scheme, TWO, [64], gemm(bm, 128, 1)) for bm in (32, 64)]
+    SWEEP += [(scheme, TWO, [256, 1024], gemm(128, 256, 0, warps=8, scale_after=sa)) for sa in (True, False)]
+SWEEP += [(W4, TWO, [16], gemm(16, bn, w, w_first=wf)) for bn in (32, 64, 128) for w in (1, 2) for wf in (False, True)]
+SWEEP += [(W4, TWO, [16], gemv(128, 4))]
+SWEEP += [(W4, TWO, [64], gemm(bm, bn, w, w_first=wf)) for bm in (16, 32, 64) for bn in (64, 128) for w in (1, 2)
+          for wf in (False, True) if not (wf and bm == 64)]
+SWEEP += [(W4, TWO, [256, 1024], gemm(bm, bn, 0, warps=warps, scale_after=sa)) for bm in (64, 128)
+          for bn in (128, 256) for warps in (4, 8) for sa in (True, False) if not (bm == 64 and bn == 256)]
+SWEEP += [(W4, TWO, [256, 1024], gemm(128, 256, 0, warps=8, stages=st, scale_after=False)) for st in (2, 4)]
+SWEEP += [(W4, TWO, [4096], gemm(128, bn, 0, warps=8, scale_after=False)) for bn in (128, 256)]
+SWEEP += [(s, ALL if s == W4 else TWO, [256, 1024, 4096], DEQ) for s in [W4, (8, 128, True), (4, 128, False)]]
 
 
 # ---------------------------------------------------------------- phase 1: workers
@@ -129,44 +125,49 @@ def _check_batch(items):
 
 
 # ---------------------------------------------------------------- phase 2: timing
-def time_variants(log, only=None):
+def time_variants(log, deadline):
+    """Time SWEEP in priority order (M=1/16 first, large M last), stopping at ``deadline``."""
     results = []
-    by_scheme: dict = {}
-    for scheme, ms, cfg in SWEEP:
-        by_scheme.setdefault(scheme, []).append((ms, cfg))
-    for (k, n) in SHAPES:
-        x_all = torch.randn(4096, k, device="cuda", dtype=torch.bfloat16)
-        # bf16 baseline
-        w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_for(2 * k * n))]
-        for m in (1, 16, 64, 256, 1024, 4096):
-            x = x_all[:m]
-            us = time_graph([lambda w=w, x=x: torch.nn.functional.linear(x, w) for w in w16])
-            rec = dict(phase="time", kind="bf16", k=k, n=n, m=m, us=us)
-            log(rec)
-            results.append(rec)
-        del w16
-        for scheme, items in by_scheme.items():
-            bits, gs, sym = scheme
-            nbytes = weight_bytes(bits, gs, k, n, sym)
-            ck = random_checkpoint(bits, gs, sym, k, n)
-            preps = [prepare_weight(ck["qweight"], ck["qzeros"], ck["scales"], bits=bits, group_size=gs,
-                                    zero_point_offset=ck["zero_point_offset"])]
-            preps += [prepare_weight(ck["qweight"], ck["qzeros"], ck["scales"], bits=bits, group_size=gs,
-                                     zero_point_offset=ck["zero_point_offset"]) for _ in range(copies_for(nbytes) - 1)]
-            for ms, cfg in items:
-                for m in ms:
-                    x = x_all[:m]
-                    try:
-                        us = time_graph([lambda p=p, x=x, cfg=cfg: run(x, p, cfg) for p in preps])
-                        rec = dict(phase="time", kind=cfg.kind, scheme=scheme, k=k, n=n, m=m, cfg=cfg.to_dict(),
-                                   us=us, gbps=nbytes / us / 1e3)
-                    except Exception as exc:  # noqa: BLE001
-                        rec = dict(phase="time", kind=cfg.kind, scheme=scheme, k=k, n=n, m=m, cfg=cfg.to_dict(),
-                                   us=None, error=repr(exc)[:300])
-                    log(rec)
-                    results.append(rec)
-            del preps, ck
-            torch.cuda.empty_cache()
+    stages = [(1, 16), (64,), (256, 1024, 4096)]
+    for stage in stages:
+        for (k, n) in SHAPES:
+            if time.time() > deadline:
+                print("deadline: timing stopped", flush=True)
+                return results
+            x_all = torch.randn(max(stage), k, device="cuda", dtype=torch.bfloat16)
+            w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_for(2 * k * n))]
+            for m in stage:
+                us = time_graph([lambda w=w, x=x_all[:m]: torch.nn.functional.linear(x, w) for w in w16])
+                rec = dict(phase="time", kind="bf16", k=k, n=n, m=m, us=us)
+                log(rec)
+                results.append(rec)
+            del w16
+            by_scheme: dict = {}
+            for scheme, shapes, ms, cfg in SWEEP:
+                todo = [m for m in ms if m in stage]
+                if (k, n) in shapes and todo:
+                    by_scheme.setdefault(scheme, []).append((todo, cfg))
+            for scheme, items in by_scheme.items():
+                bits, gs, sym = scheme
+                nbytes = weight_bytes(bits, gs, k, n, sym)
+                ck = random_checkpoint(bits, gs, sym, k, n)
+                preps = [prepare_weight(ck["qweight"], ck["qzeros"], ck["scales"], bits=bits, group_size=gs,
+                                        zero_point_offset=ck["zero_point_offset"]) for _ in range(copies_for(nbytes))]
+                for ms, cfg in items:
+                    for m in ms:
+                        x = x_all[:m]
+                        try:
+                            us = time_graph([lambda p=p, x=x, cfg=cfg: run(x, p, cfg) for p in preps])
+                            rec = dict(phase="time", kind=cfg.kind, scheme=scheme, k=k, n=n, m=m, cfg=cfg.to_dict(),
+                                       us=us, gbps=nbytes / us / 1e3)
+                        except Exception as exc:  # noqa: BLE001
+                            rec = dict(phase="time", kind=cfg.kind, scheme=scheme, k=k, n=n, m=m,
+                                       cfg=cfg.to_dict(), us=None, error=repr(exc)[:300])
+                        log(rec)
+                        results.append(rec)
+                del preps, ck
+                torch.cuda.empty_cache()
+        print(f"stage {stage} done", flush=True)
     return results
 
 
@@ -205,6 +206,8 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     ap.add_argument("--workers", type=int, default=14)
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--check-seconds", type=float, default=150)
+    ap.add_argument("--total-seconds", type=float, default=480)
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     logf = open(os.path.join(args.out, "tune.jsonl"), "w")
@@ -221,22 +224,26 @@ def main():
         tasks += [((4, 128, True), 5, gemv(128, 4), "float16"), ((4, 128, False), 17, gemm(16, 64, 4, w_first=True),
                   "float16"), ((3, 32, False), 300, DEQ, "float16")]
         seen = set()
-        for scheme, ms, cfg in SWEEP:
-            key = (scheme, cfg, ms[0] == 1)
+        for scheme, _, ms, cfg in SWEEP:
+            key = (scheme, cfg)
             if key not in seen:
                 seen.add(key)
                 tasks.append((scheme, ms[0], cfg))
         # round-robin batches keep each worker's weights cache small and its compiles varied
         batches = [tasks[i::args.workers * 3] for i in range(args.workers * 3)]
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(args.workers, mp_context=ctx) as ex:
-            futs = [ex.submit(_check_batch, b) for b in batches if b]
-            for f in as_completed(futs):
+        ex = ProcessPoolExecutor(args.workers, mp_context=ctx)
+        futs = [ex.submit(_check_batch, b) for b in batches if b]
+        try:
+            for f in as_completed(futs, timeout=args.check_seconds):
                 for rec in f.result():
                     log(rec)
                     ok = rec.get("err") is not None and rec["err"] < 2e-2 and rec.get("counters_clean", True)
                     if not ok:
                         bad.append(rec)
+        except TimeoutError:
+            print("phase 1 timed out; unfinished checks dropped", flush=True)
+        ex.shutdown(wait=False, cancel_futures=True)
         print(f"phase 1: {len(tasks)} checks, {len(bad)} bad, {time.time() - t0:.0f}s", flush=True)
         for rec in bad[:40]:
             print("BAD", json.dumps({k: rec.get(k) for k in ("scheme", "m", "cfg", "err", "error")}), flush=True)
@@ -251,7 +258,7 @@ def main():
         print("compile/graph:", cc, flush=True)
     except Exception as exc:  # noqa: BLE001
         print("compile check failed:", repr(exc)[:500], traceback.format_exc()[-1500:], flush=True)
-    res = time_variants(log)
+    res = time_variants(log, t0 + args.total_seconds)
     print(f"phase 2 done {time.time() - t0:.0f}s", flush=True)
     summarize(res)
 

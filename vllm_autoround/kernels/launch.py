@@ -25,6 +25,7 @@ class KernelConfig:
     num_stages: int = 2
     scale_after: bool = True
     w_first: bool = False
+    prefetch: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +56,10 @@ def _split(num_blocks: int, tiles: int, waves: float, p: PreparedWeight, device:
     return -(-num_blocks // per), per
 
 
+def _even_k(p: PreparedWeight) -> bool:
+    return p.padded_in_features == p.in_features
+
+
 def _bias_arg(p: PreparedWeight, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (p.bias, True) if p.bias is not None else (x, False)
 
@@ -79,7 +84,8 @@ def gemv(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
         x, p.qweight, p.scales, _zeros_arg(p), bias, out, part, p.counters,
         m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
-        BLOCK_N=cfg.block_n, SPLIT=split > 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        BLOCK_N=cfg.block_n, SPLIT=split > 1, EVEN_K=_even_k(p), PREFETCH=cfg.prefetch,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -101,7 +107,8 @@ def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
         m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split > 1, SCALE_AFTER=cfg.scale_after,
-        W_FIRST=cfg.w_first, F32_DOT=tk.INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        W_FIRST=cfg.w_first, F32_DOT=tk.INTERPRETED, EVEN_K=_even_k(p),
+        PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -115,7 +122,7 @@ def dequantize(p: PreparedWeight, dtype: torch.dtype, cfg: KernelConfig | None =
     tk.dequant_kernel[(num_blocks, -(-n // cfg.block_n))](
         p.qweight, p.scales, _zeros_arg(p), out, n, k,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, BLOCK_N=cfg.block_n,
-        num_warps=cfg.num_warps,
+        EVEN_K=_even_k(p), num_warps=cfg.num_warps,
     )
     return out
 

@@ -87,23 +87,30 @@ class PreparedWeight:
     def device(self) -> torch.device:
         return self.qweight.device
 
+    @classmethod
+    def tensor_names(cls) -> tuple[str, ...]:
+        """Names of the tensors every prepared weight has (``tensors()`` adds "bias" when one was given)."""
+        return ("qweight", "scales", "zeros", "counters")
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"qweight": self.qweight, "scales": self.scales, "zeros": self.zeros, "counters": self.counters}
+        out = {name: getattr(self, name) for name in self.tensor_names()}
         if self.bias is not None:
             out["bias"] = self.bias
         return out
 
     def meta(self) -> dict[str, int]:
-        tensor_names = {"qweight", "scales", "zeros", "counters", "bias"}
+        tensor_names = {*self.tensor_names(), "bias"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in tensor_names}
 
     @classmethod
-    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], **meta: int) -> PreparedWeight:
-        missing = {"qweight", "scales", "zeros", "counters"} - set(tensors)
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, int] | None = None,
+                     **kw: int) -> PreparedWeight:
+        """Rebuild from ``tensors()`` and ``meta()`` (as a mapping or keyword arguments)."""
+        missing = set(cls.tensor_names()) - set(tensors)
         if missing:
             raise FormatError(f"PreparedWeight.from_tensors: missing tensors {sorted(missing)}")
-        return cls(qweight=tensors["qweight"], scales=tensors["scales"], zeros=tensors["zeros"],
-                   counters=tensors["counters"], bias=tensors.get("bias"), **meta)
+        return cls(**{name: tensors[name] for name in cls.tensor_names()}, bias=tensors.get("bias"),
+                   **{**(meta or {}), **kw})
 
 
 def _to_int32(words: torch.Tensor) -> torch.Tensor:

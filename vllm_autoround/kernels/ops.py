@@ -90,10 +90,10 @@ def _(qweight, scales, zeros, counters, bits, group_size, in_features, zero_poin
     return qweight.new_empty(in_features, qweight.shape[1], dtype=dtype)
 
 
-def op_args(p: PreparedWeight) -> tuple:
-    """The prepared weight as the leading arguments of :func:`quantized_gemm` after ``x``."""
-    return (p.qweight, p.scales, p.zeros, p.counters, p.bias, p.bits, p.group_size, p.in_features,
-            p.zero_point, p.interleave)
+def op_args(p: PreparedWeight, bias: torch.Tensor | None = None) -> tuple:
+    """The prepared weight as the arguments of :func:`quantized_gemm` after ``x`` (``bias`` overrides)."""
+    return (p.qweight, p.scales, p.zeros, p.counters, p.bias if bias is None else bias, p.bits, p.group_size,
+            p.in_features, p.zero_point, p.interleave)
 
 
 def supports(bits: int, group_size: int, in_features: int, out_features: int, device: torch.device | str) -> bool:
@@ -127,26 +127,28 @@ def _use_triton(x: torch.Tensor, p: PreparedWeight, backend: str) -> bool:
             raise ValueError(f"quantized_linear: the Triton kernels do not take x {x.dtype} with bits={p.bits} "
                              f"group_size={p.group_size} [{p.out_features}, {p.in_features}]")
         return True
-    return triton_ok and x.device.type == "cuda" and supports(
-        p.bits, p.group_size, p.in_features, p.out_features, x.device)
+    # No device-capability query here: this runs under torch.compile's tracing (supports() is for load time).
+    return triton_ok and x.device.type == "cuda"
 
 
-def quantized_linear(x: torch.Tensor, prepared: PreparedWeight, backend: str = "auto") -> torch.Tensor:
-    """``x[..., K] @ W.T (+ bias)`` in ``x``'s dtype.
+def quantized_linear(x: torch.Tensor, prepared: PreparedWeight, bias: torch.Tensor | None = None,
+                     backend: str = "auto") -> torch.Tensor:
+    """``x[..., K] @ W.T + bias`` in ``x``'s dtype; ``bias`` defaults to the prepared weight's.
 
     ``backend``: "auto" (Triton custom ops on CUDA, the torch reference elsewhere), "triton" (forced;
     on CPU only under ``TRITON_INTERPRET=1``) or "reference".
     """
     p = prepared
+    bias = p.bias if bias is None else bias
     if x.shape[-1] != p.in_features:
         raise ValueError(f"quantized_linear: x has {x.shape[-1]} features, the weight expects {p.in_features}")
     if not _use_triton(x, p, backend):
-        bias = None if p.bias is None else p.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, dequantize_prepared(p, x.dtype), bias)
+        return torch.nn.functional.linear(x, dequantize_prepared(p, x.dtype),
+                                          None if bias is None else bias.to(x.dtype))
     if backend == "triton" and x.device.type != "cuda" and not tk.INTERPRETED:
         raise RuntimeError("quantized_linear: Triton on CPU needs TRITON_INTERPRET=1 set before triton is imported")
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
-    y = torch.ops.vllm_autoround.quantized_gemm(x2, *op_args(p))
+    y = torch.ops.vllm_autoround.quantized_gemm(x2, *op_args(p, bias))
     return y.reshape(*x.shape[:-1], p.out_features)

@@ -102,15 +102,33 @@ def _finish(y, offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_pt
 
 
 @_jit
-def _group_params(s_ptr, z_ptr, g, kj, offs_n, n_mask, N, K, ZERO: tl.constexpr, BLOCK_N: tl.constexpr):
+def _group_params(s_ptr, z_ptr, g, kj, offs_n, n_mask, N, K, ZERO: tl.constexpr, BLOCK_N: tl.constexpr,
+                  EVEN_K: tl.constexpr):
     """Float32 scales and zero points ``[BLOCK_N]`` of group ``g``, which starts at ``kj`` (zero past K)."""
-    mask = n_mask & ((offs_n * 0 + kj) < K)
+    if EVEN_K:
+        mask = n_mask
+    else:
+        mask = n_mask & ((offs_n * 0 + kj) < K)
     s = tl.load(s_ptr + g * N + offs_n, mask=mask, other=0).to(tl.float32)
     if ZERO < 0:
         zc = tl.load(z_ptr + g * N + offs_n, mask=mask, other=0).to(tl.float32)
     else:
         zc = tl.full([BLOCK_N], ZERO, tl.float32)
     return s, zc
+
+
+@_jit
+def _load_block(w_ptrs, b, N, w_mask, R: tl.constexpr, ROWS: tl.constexpr, BITS: tl.constexpr):
+    """The word tiles (A, and B, C for 3 bits) of block ``b``; ``w_ptrs`` points at block 0."""
+    base = w_ptrs + b * ROWS * N
+    wa = tl.load(base, mask=w_mask, other=0)
+    if BITS == 3:
+        wb = tl.load(base + R * N, mask=w_mask, other=0)
+        wc = tl.load(base + 2 * R * N, mask=w_mask, other=0)
+    else:
+        wb = wa
+        wc = wa
+    return wa, wb, wc
 
 
 @_jit
@@ -127,8 +145,13 @@ def _mma(a, b, acc, dt: tl.constexpr, F32_DOT: tl.constexpr):
 def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                 M, N, K, stride_xm, stride_om, num_blocks, blocks_per_split, split_k,
                 BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
-                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr):
-    """One activation row per program (axis 2); ``[R, BLOCK_N]`` partial dots reduced at the end."""
+                HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                PREFETCH: tl.constexpr):
+    """One activation row per program (axis 2); ``[R, BLOCK_N]`` partial dots reduced at the end.
+
+    PREFETCH: issue the next block's loads before decoding this one (the loop's loads are not
+    software-pipelined by Triton because they feed no ``tl.dot``). EVEN_K: K is whole blocks.
+    """
     NS: tl.constexpr = 32 if BITS == 3 else 32 // BITS
     ROWS: tl.constexpr = 3 * R if BITS == 3 else R
     BK: tl.constexpr = R * NS
@@ -141,17 +164,23 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     x_row = x_ptr + m * stride_xm
     acc = tl.zeros([R, BLOCK_N], dtype=tl.float32)
     if GS == 0:
-        s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N)
+        s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
+    w_ptrs = w_ptr + offs_r[:, None] * N + offs_n[None, :]
+    w_mask = n_mask[None, :]
+    if PREFETCH:
+        wa, wb0, wc0 = _load_block(w_ptrs, b_start, N, w_mask, R, ROWS, BITS)
+        if BITS == 3:  # only 3-bit carries three tiles through the loop
+            wb = wb0
+            wc = wc0
     for b in range(b_start, b_end):
         k0 = b * BK
-        w_ptrs = w_ptr + (b * ROWS + offs_r)[:, None] * N + offs_n[None, :]
-        wa = tl.load(w_ptrs, mask=n_mask[None, :], other=0)
-        if BITS == 3:
-            wb = tl.load(w_ptrs + R * N, mask=n_mask[None, :], other=0)
-            wc = tl.load(w_ptrs + 2 * R * N, mask=n_mask[None, :], other=0)
+        if PREFETCH:
+            na, nb, nc = _load_block(w_ptrs, tl.minimum(b + 1, b_end - 1), N, w_mask, R, ROWS, BITS)
         else:
+            wa, wb, wc = _load_block(w_ptrs, b, N, w_mask, R, ROWS, BITS)
+        if BITS != 3:
             wb = wa
             wc = wa
         part = tl.zeros([R, BLOCK_N], dtype=tl.float32)
@@ -159,9 +188,12 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             kj = k0 + j * R
             if GS != 0:
                 if (j * R) % GS == 0:
-                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N)
+                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
             q = _decode(wa, wb, wc, zc[None, :], j, BITS)
-            xj = tl.load(x_row + kj + offs_r, mask=(kj + offs_r) < K, other=0).to(tl.float32)
+            if EVEN_K:
+                xj = tl.load(x_row + kj + offs_r).to(tl.float32)
+            else:
+                xj = tl.load(x_row + kj + offs_r, mask=(kj + offs_r) < K, other=0).to(tl.float32)
             part += xj[:, None] * q
             if GS != 0:
                 if ((j + 1) * R) % GS == 0 or j == NS - 1:
@@ -169,6 +201,11 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                     part = tl.zeros([R, BLOCK_N], dtype=tl.float32)
         if GS == 0:
             acc += part
+        if PREFETCH:
+            wa = na
+            if BITS == 3:
+                wb = nb
+                wc = nc
     y = tl.sum(acc, axis=0)
     if GS == 0:
         y = y * s
@@ -183,7 +220,7 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                 BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 SPLIT: tl.constexpr, SCALE_AFTER: tl.constexpr, W_FIRST: tl.constexpr,
-                F32_DOT: tl.constexpr):
+                F32_DOT: tl.constexpr, EVEN_K: tl.constexpr, PREFETCH: tl.constexpr):
     """Tensor-core tiles; each slice is one ``tl.dot`` with K=R.
 
     SCALE_AFTER: dot the exact integer ``code - zero`` (in the activation dtype) and scale the
@@ -207,22 +244,27 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     else:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if GS == 0:
-        s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N)
+        s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
+    if W_FIRST:
+        w_ptrs = w_ptr + offs_r[None, :] * N + offs_n[:, None]
+        w_mask = n_mask[:, None]
+    else:
+        w_ptrs = w_ptr + offs_r[:, None] * N + offs_n[None, :]
+        w_mask = n_mask[None, :]
+    if PREFETCH:
+        wa, wb0, wc0 = _load_block(w_ptrs, b_start, N, w_mask, R, ROWS, BITS)
+        if BITS == 3:  # only 3-bit carries three tiles through the loop
+            wb = wb0
+            wc = wc0
     for b in range(b_start, b_end):
         k0 = b * BK
-        if W_FIRST:
-            w_ptrs = w_ptr + (b * ROWS + offs_r)[None, :] * N + offs_n[:, None]
-            w_mask = n_mask[:, None]
+        if PREFETCH:
+            na, nb, nc = _load_block(w_ptrs, tl.minimum(b + 1, b_end - 1), N, w_mask, R, ROWS, BITS)
         else:
-            w_ptrs = w_ptr + (b * ROWS + offs_r)[:, None] * N + offs_n[None, :]
-            w_mask = n_mask[None, :]
-        wa = tl.load(w_ptrs, mask=w_mask, other=0)
-        if BITS == 3:
-            wb = tl.load(w_ptrs + R * N, mask=w_mask, other=0)
-            wc = tl.load(w_ptrs + 2 * R * N, mask=w_mask, other=0)
-        else:
+            wa, wb, wc = _load_block(w_ptrs, b, N, w_mask, R, ROWS, BITS)
+        if BITS != 3:
             wb = wa
             wc = wa
         if SCALE_AFTER and GS != 0:
@@ -231,11 +273,15 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             kj = k0 + j * R
             if GS != 0:
                 if (j * R) % GS == 0:
-                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N)
+                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
             kk = kj + offs_r
+            if EVEN_K:
+                k_mask = kk >= 0
+            else:
+                k_mask = kk < K
             if W_FIRST:
                 xj = tl.load(x_ptr + offs_m[None, :] * stride_xm + kk[:, None],
-                             mask=m_mask[None, :] & (kk < K)[:, None], other=0)
+                             mask=m_mask[None, :] & k_mask[:, None], other=0)
                 q = _decode(wa, wb, wc, zc[:, None], j, BITS)
                 if SCALE_AFTER:
                     if GS != 0:
@@ -246,7 +292,7 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                     acc = _mma(q * s[:, None], xj, acc, dt, F32_DOT)
             else:
                 xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
-                             mask=m_mask[:, None] & (kk < K)[None, :], other=0)
+                             mask=m_mask[:, None] & k_mask[None, :], other=0)
                 q = _decode(wa, wb, wc, zc[None, :], j, BITS)
                 if SCALE_AFTER:
                     if GS != 0:
@@ -262,6 +308,11 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                     else:
                         acc += accg * s[None, :]
                     accg = tl.zeros_like(acc)
+        if PREFETCH:
+            wa = na
+            if BITS == 3:
+                wb = nb
+                wc = nc
     if SCALE_AFTER and GS == 0:
         if W_FIRST:
             acc = acc * s[:, None]
@@ -278,7 +329,7 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
 @_jit
 def dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K,
                    BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
-                   BLOCK_N: tl.constexpr):
+                   BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
     """``out[K, N] = (code - zero) * scale`` in ``out``'s dtype; one block of K per program row."""
     NS: tl.constexpr = 32 if BITS == 3 else 32 // BITS
     ROWS: tl.constexpr = 3 * R if BITS == 3 else R
@@ -301,10 +352,10 @@ def dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K,
         kj = k0 + j * R
         if GS == 0:
             if j == 0:
-                s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N)
+                s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
         else:
             if (j * R) % GS == 0:
-                s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N)
+                s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
         q = _decode(wa, wb, wc, zc[None, :], j, BITS)
         kk = kj + offs_r
         tl.store(out_ptr + kk[:, None] * N + offs_n[None, :], (q * s[None, :]).to(out_ptr.dtype.element_ty),

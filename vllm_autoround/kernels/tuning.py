@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import threading
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -29,29 +30,30 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1]
 
 
-def _gemv(block_n: int, waves: float, warps: int = 4, stages: int = 2) -> KernelConfig:
-    return KernelConfig("gemv", block_n=block_n, waves=waves, num_warps=warps, num_stages=stages)
+def _gemv(block_n: int, waves: float, warps: int = 4, prefetch: bool = True) -> KernelConfig:
+    return KernelConfig("gemv", block_n=block_n, waves=waves, num_warps=warps, num_stages=2, prefetch=prefetch)
 
 
 def _gemm(block_m: int, block_n: int, waves: float, warps: int = 4, stages: int = 3, w_first: bool = False,
-          scale_after: bool = True) -> KernelConfig:
+          scale_after: bool = True, prefetch: bool = False) -> KernelConfig:
     return KernelConfig("gemm", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps,
-                        num_stages=stages, w_first=w_first, scale_after=scale_after)
+                        num_stages=stages, w_first=w_first, scale_after=scale_after, prefetch=prefetch)
 
 
 DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
+LARGE_TILE = _gemm(128, 256, 0, warps=8, scale_after=False)
 
 
 def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
-    """The configuration used when not tuning (measured on an H100, docs/kernels.md)."""
+    """The configuration used when not tuning: the fastest measured on an H100 (docs/kernels.md)."""
     if mb == 1:
-        return _gemv(128, 4)
+        return _gemv(256, 8, prefetch=False)
     if mb <= 16:
-        return _gemm(16, 64, 4, w_first=True)
-    if mb <= 64:
-        return _gemm(mb, 128, 2)
+        return _gemm(16, 128, 4, w_first=True)
+    if mb <= 32:
+        return _gemm(32, 128, 1, w_first=True)
     if mb <= 128:
-        return _gemm(64, 128, 1, stages=3)
+        return _gemm(64, 128, 2)
     return DEQUANT
 
 
@@ -59,20 +61,28 @@ def candidates(mb: int, n: int, k: int, bits: int) -> list[KernelConfig]:
     """What the autotuner times for one M bucket (the default first)."""
     out = [default_config(mb, n, k, bits)]
     if mb <= 4:
-        out += [_gemv(bn, w, warps) for bn in (64, 128, 256) for w in (2, 4, 8) for warps in (4,)]
-    if mb <= 16:
-        out += [_gemm(16, bn, w, w_first=wf) for bn in (64, 128) for w in (2, 4) for wf in (False, True)]
-    elif mb <= 128:
-        out += [_gemm(bm, bn, w, warps=warps) for bm in (32, 64) for bn in (64, 128) for w in (1, 2)
-                for warps in (4,) if bm <= mb]
-    else:
-        out += [_gemm(bm, bn, 0, warps=8, stages=3, scale_after=False) for bm in (64, 128) for bn in (128, 256)]
-        out.append(DEQUANT)
+        out += [_gemv(bn, w, warps) for bn, w, warps in ((256, 8, 4), (256, 4, 4), (256, 2, 4), (128, 8, 8),
+                                                          (128, 4, 4))]
+        out += [_gemv(128, 8, 8, prefetch=False)]
+    if 1 < mb <= 16:
+        out += [_gemm(16, bn, w, w_first=wf, prefetch=pf) for bn, w, wf, pf in (
+            (128, 4, True, True), (128, 2, True, False), (128, 2, True, True), (128, 2, False, False),
+            (64, 2, False, True))]
+    elif 16 < mb <= 128:
+        out += [_gemm(bm, 128, w, w_first=wf, prefetch=pf) for bm, w, wf in ((32, 1, True), (64, 2, False))
+                if bm <= mb for pf in (False, True)]
+    if mb >= 128:
+        out += [LARGE_TILE, DEQUANT]
     seen: list[KernelConfig] = []
     for c in out:
         if c not in seen:
             seen.append(c)
     return seen
+
+
+@lru_cache(maxsize=16)
+def _device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
 
 
 class Tuner:
@@ -92,7 +102,7 @@ class Tuner:
 
     @staticmethod
     def key(x: torch.Tensor, p: PreparedWeight) -> str:
-        dev = torch.cuda.get_device_name(x.device) if x.device.type == "cuda" else x.device.type
+        dev = _device_name(x.device.index or 0) if x.device.type == "cuda" else x.device.type
         zero = "sym" if p.zero_point >= 0 else "asym"
         return (f"{dev}|w{p.bits}|g{p.group_size}|{zero}|{str(x.dtype).removeprefix('torch.')}|"
                 f"m{m_bucket(x.shape[0])}|n{p.out_features}|k{p.in_features}")
@@ -118,7 +128,7 @@ class Tuner:
         best, best_ms = cands[0], float("inf")
         for cfg in cands:
             try:
-                ms = triton.testing.do_bench(lambda cfg=cfg: run(x, p, cfg), warmup=5, rep=20)
+                ms = triton.testing.do_bench(lambda cfg=cfg: run(x, p, cfg), warmup=3, rep=10)
             except Exception:  # noqa: BLE001 - a config that does not compile here is skipped
                 continue
             if ms < best_ms:

@@ -127,8 +127,9 @@ class AutoRoundLinearMethod(LinearMethodBase):
         if self.backend == backend.TRITON:
             from vllm_autoround import kernels
 
-            tensors = {name: getattr(layer, f"autoround_{name}") for name in layer.autoround_prepared_type.tensor_names()}
-            prepared = layer.autoround_prepared_type.from_tensors(tensors, layer.autoround_prepared_meta)
+            prepared_type = layer.autoround_prepared_type
+            tensors = {name: getattr(layer, f"autoround_{name}") for name in prepared_type.tensor_names()}
+            prepared = prepared_type.from_tensors(tensors, layer.autoround_prepared_meta)
             return kernels.quantized_linear(x, prepared, bias)
         if self.cache_dequantized:
             return torch.nn.functional.linear(x, layer.dequantized_weight.to(x.dtype), bias)

@@ -1,0 +1,80 @@
+"""Every Triton kernel on every (bits, group size, sym) against a float64 reference, on the CPU.
+
+The kernels run under TRITON_INTERPRET=1 (see conftest). Outputs are NaN-poisoned before each launch
+so an element the kernel fails to write shows up; shapes have N tails past the tile and odd M.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels.helpers import ALL_SCHEMES, checkpoint, prepared, rel_err, scheme_id, small_shape
+from vllm_autoround.kernels.launch import KernelConfig, dequantize, run
+
+# bf16 output rounding alone is ~2e-3 relative; the kernels add float32 accumulation-order noise.
+BOUND = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def _block_n(bits: int) -> int:
+    return 64 if bits == 3 else 32  # small_shape's N leaves a partial last tile either way
+
+
+def _check(scheme, cfg: KernelConfig, m: int, dtype=torch.bfloat16, bias: bool = False, seed: int = 0):
+    bits, gs, sym = scheme
+    k, n = small_shape(bits, gs)
+    ck = checkpoint(bits, gs, sym, k, n, seed=seed)
+    b = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1)).half() if bias else None
+    p = prepared(ck, b)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 2)).to(dtype)
+    out = torch.full((m, n), float("nan"), dtype=dtype)
+    run(x, p, cfg, out=out)
+    ref = x.double() @ ck["w64"].t() + (0 if b is None else b.double())
+    err = rel_err(out, ref)
+    assert err < BOUND[dtype], f"{scheme_id(scheme)} {cfg}: relative error {err:.2e}"
+    assert int(p.counters.abs().sum()) == 0, "split-K counters not handed back zeroed"
+
+
+@pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=scheme_id)
+def test_gemv_every_scheme(interpreter, scheme):
+    _check(scheme, KernelConfig("gemv", block_n=_block_n(scheme[0]), waves=4), m=1)
+
+
+@pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=scheme_id)
+def test_gemm_every_scheme(interpreter, scheme):
+    _check(scheme, KernelConfig("gemm", block_m=16, block_n=_block_n(scheme[0]), waves=2, w_first=True), m=3)
+
+
+@pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=scheme_id)
+def test_dequantize_every_scheme(interpreter, scheme):
+    bits, gs, sym = scheme
+    k, n = small_shape(bits, gs)
+    ck = checkpoint(bits, gs, sym, k, n)
+    w = dequantize(prepared(ck), torch.float16, KernelConfig("dequant", block_n=_block_n(bits)))
+    assert w.shape == (k, n)
+    assert rel_err(w, ck["w64"].t()) < 1e-3
+
+
+VARIANTS = [
+    KernelConfig("gemv", block_n=32, waves=0),
+    KernelConfig("gemv", block_n=64, waves=8, prefetch=True),
+    KernelConfig("gemm", block_m=16, block_n=32, waves=0, scale_after=False),
+    KernelConfig("gemm", block_m=16, block_n=64, waves=4, prefetch=True),
+    KernelConfig("gemm", block_m=32, block_n=32, waves=2, w_first=True, prefetch=True, scale_after=False),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", [(3, 64, True), (4, 32, False), (2, -1, False), (8, 128, True)], ids=scheme_id)
+@pytest.mark.parametrize("cfg", VARIANTS, ids=lambda c: f"{c.kind}-bn{c.block_n}-w{c.waves}-pf{int(c.prefetch)}"
+                         f"-sa{int(c.scale_after)}-wf{int(c.w_first)}")
+def test_tiling_variants(interpreter, scheme, cfg):
+    """Split-K or not, prefetch, scale before/after the dot, weight-first MMA; odd M over BLOCK_M."""
+    _check(scheme, cfg, m=1 if cfg.kind == "gemv" else 17, bias=True, seed=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [KernelConfig("gemv", block_n=32, waves=4), KernelConfig("gemm", block_n=32, waves=2),
+                                 KernelConfig("dequant", block_n=32)], ids=lambda c: c.kind)
+def test_float16_with_bias(interpreter, cfg):
+    _check((4, 64, False), cfg, m=2 if cfg.kind == "gemv" else 5, dtype=torch.float16, bias=True, seed=7)

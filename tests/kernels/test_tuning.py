@@ -1,0 +1,42 @@
+"""Configuration choice: M buckets, candidate lists, defaults off-GPU, the JSON cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.kernels.helpers import checkpoint, prepared
+from vllm_autoround.kernels.launch import KernelConfig
+from vllm_autoround.kernels.tuning import M_BUCKETS, Tuner, candidates, default_config, m_bucket
+
+
+@pytest.mark.parametrize("m, bucket", [(1, 1), (2, 2), (3, 4), (16, 16), (17, 32), (300, 512), (9000, 4096)])
+def test_m_bucket(m, bucket):
+    assert m_bucket(m) == bucket
+
+
+@pytest.mark.parametrize("mb", M_BUCKETS)
+def test_candidates_start_with_the_default_and_are_unique(mb):
+    cands = candidates(mb, 4096, 4096, 4)
+    assert cands[0] == default_config(mb, 4096, 4096, 4)
+    assert len(cands) == len(set(cands))
+    for c in cands:
+        assert c.kind in ("gemv", "gemm", "dequant")
+        if c.kind == "gemm":
+            assert c.block_m <= max(16, mb)
+
+
+def test_off_gpu_choice_is_the_default_and_cache_round_trips(tmp_path, monkeypatch):
+    p = prepared(checkpoint(4, 128, True, 256, 40))
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv("VLLM_AUTOROUND_TUNE_CACHE", str(path))
+    tuner = Tuner()
+    assert tuner.choose(x, p) == default_config(4, 40, 256, 4)
+    chosen = KernelConfig("gemv", block_n=64, waves=2.0, prefetch=True)
+    tuner._cache[tuner.key(x, p)] = chosen
+    tuner._save()
+    assert json.loads(path.read_text())[tuner.key(x, p)]["block_n"] == 64
+    assert Tuner().choose(x, p) == chosen
