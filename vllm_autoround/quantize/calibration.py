@@ -38,7 +38,7 @@ def default_corpus() -> list[str]:
     """
     from vllm_autoround.toy import builtin_text
 
-    return [doc for doc in builtin_text().split("\n\n\n") if doc.strip()]
+    return [builtin_text()]
 
 
 def _document(value: Any, where: str) -> Document:

@@ -30,7 +30,7 @@ def run_signature(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
     return {"model": str(Path(args.model).resolve()), "bits": args.bits, "group_size": args.group_size,
             "sym": not args.asym, "layer_config": args.layer_config, "quant_lm_head": args.quant_lm_head,
             "recipe": vars(recipe) if hasattr(recipe, "__dict__") else str(recipe), "seed": args.seed,
-            "dataset": args.dataset}
+            "dataset": args.dataset, "gradient_accumulate_steps": args.gradient_accumulate_steps}
 
 
 def resolve_device(name: str) -> str:

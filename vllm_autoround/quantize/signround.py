@@ -86,7 +86,7 @@ class Runtime:
         if mode not in COMPILE_MODES:
             raise ValueError(f"{COMPILE_ENV}={mode!r}: choose one of {COMPILE_MODES}")
         if mode == "auto":
-            mode = "quant" if dev.type == "cuda" else "off"
+            mode = "block" if dev.type == "cuda" else "off"
         amp = torch.bfloat16 if dev.type == "cuda" else None
         cache = torch.device("cpu") if low_gpu_mem_usage else dev
         return cls(dev, amp, cache, mode)
@@ -191,10 +191,19 @@ def _squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TuneResult:
-    params: dict[str, dict[str, torch.Tensor]]  # layer name relative to the block -> v/alpha/beta (CPU)
+    params: dict[str, dict[str, torch.Tensor]]  # layer name relative to the block -> v/alpha/beta
     trace: list[float]  # loss of every iteration, before its update
     best_loss: float
     best_iter: int
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Blocks of one model share compiled code; sliding/full attention layers and shapes add variants."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
 
 
 class BlockTuner:
@@ -203,9 +212,12 @@ class BlockTuner:
     def __init__(self, config: TuneConfig, runtime: Runtime) -> None:
         self.config = config
         self.rt = runtime
-        quant = runtime.compile in ("quant",) and runtime.device.type != "cpu"
-        self.quant_fn = torch.compile(fake_quant, dynamic=False) if quant else fake_quant
-        self.loss_fn = torch.compile(_squared_error, dynamic=False) if quant else _squared_error
+        if runtime.compile != "off":
+            _raise_recompile_limit()
+        quant = runtime.compile == "quant"
+        # One kernel pair (forward, backward) for every weight shape; inlined when the whole block compiles.
+        self.quant_fn = torch.compile(fake_quant, dynamic=True) if quant else fake_quant
+        self.loss_fn = torch.compile(_squared_error, dynamic=True) if runtime.compile != "off" else _squared_error
 
     def prepare(self, block: torch.nn.Module) -> torch.nn.Module:
         if self.rt.compile == "block":
@@ -237,10 +249,9 @@ class BlockTuner:
 
     def tune(self, block: torch.nn.Module, layers: dict[str, LayerScheme], inputs: torch.Tensor,
              targets: torch.Tensor, call: BlockCall, seed: int) -> TuneResult:
-        cfg, rt = self.config, self.rt
         originals: dict[str, torch.nn.Linear] = {}
         tuned: dict[str, TunedLinear] = {}
-        out_dtype = rt.amp_dtype or torch.float32
+        out_dtype = self.rt.amp_dtype or torch.float32
         for name, scheme in layers.items():
             linear = block.get_submodule(name)
             owner_name, _, leaf = name.rpartition(".")
@@ -281,23 +292,24 @@ class BlockTuner:
                 improved = total < best_loss
                 best_loss = torch.where(improved, total, best_loss)
                 best_iter = torch.where(improved, it, best_iter)
-                for p, b in zip(params, best):
+                for p, b in zip(params, best, strict=True):
                     torch.where(improved, p, b, out=b)
                 decay = 1.0 - it / iters  # LinearLR(start 1, end 0, total_iters=iters), stepped after each update
                 self._signed_step(v_params, v_lrs, decay, -V_BOUND, V_BOUND)
                 self._signed_step(mm_params, mm_lrs, decay, *MINMAX_BOUNDS)
         with torch.no_grad():
-            for p, b in zip(params, best):
+            for p, b in zip(params, best, strict=True):
                 p.copy_(b)
-        result = {name: {"v": m.v.detach().cpu(), "alpha": m.alpha.detach().cpu(), "beta": m.beta.detach().cpu()}
+        result = {name: {"v": m.v.detach(), "alpha": m.alpha.detach(), "beta": m.beta.detach()}
                   for name, m in tuned.items()}
         return TuneResult(result, trace.cpu().tolist(), float(best_loss), int(best_iter))
 
     @staticmethod
+    @torch.no_grad()
     def _signed_step(params: list[torch.Tensor], lrs: list[float], decay: float, low: float, high: float) -> None:
-        pairs = [(p, p.grad, lr * decay) for p, lr in zip(params, lrs) if p.grad is not None]
+        pairs = [(p, p.grad, lr * decay) for p, lr in zip(params, lrs, strict=True) if p.grad is not None]
         if pairs:
-            ps, grads, steps = zip(*pairs)
+            ps, grads, steps = zip(*pairs, strict=True)
             signs = torch._foreach_sign(list(grads))
             torch._foreach_mul_(signs, list(steps))
             torch._foreach_sub_(list(ps), signs)
@@ -317,10 +329,11 @@ def load_quantized_weights(block: torch.nn.Module, tensors: dict[str, torch.Tens
     weights a reader of the checkpoint gets; this is what the next block's inputs are computed with."""
     for layer in layers:
         s = layer.scheme
-        weight = dequantize(tensors[f"{layer.name}.qweight"], tensors[f"{layer.name}.qzeros"],
-                            tensors[f"{layer.name}.scales"], s.bits, s.group_size, zero_point_offset,
-                            dtype=torch.float32)
         linear = block.get_submodule(_relative(layer, prefix))
+        dev = linear.weight.device
+        weight = dequantize(tensors[f"{layer.name}.qweight"].to(dev), tensors[f"{layer.name}.qzeros"].to(dev),
+                            tensors[f"{layer.name}.scales"].to(dev), s.bits, s.group_size, zero_point_offset,
+                            dtype=torch.float32)
         linear.weight.data = weight.to(device=linear.weight.device, dtype=linear.weight.dtype)
 
 
@@ -381,7 +394,7 @@ def tune_model(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, rec
             result = tuner.tune(block, {_relative(layer, prefix): layer.scheme for layer in layers},
                                 q_in, targets, call, seed=args.seed * 1_000_003 + i) if layers else None
             tuned = {prefix + k: v for k, v in result.params.items()} if result else {}
-            tensors = unit_tensors(files, units[unit], layers, offset, tuned)
+            tensors = unit_tensors(files, units[unit], layers, offset, tuned, device=rt.device)
             info = {"index": i, "layers": len(layers),
                     "loss_iter0": result.trace[0] if result else None,
                     "loss_best": result.best_loss if result else None,
@@ -406,9 +419,10 @@ def tune_model(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, rec
     bar.close()
 
     if not writer.is_done(REST_UNIT):
-        writer.write_unit(REST_UNIT, unit_tensors(files, units[REST_UNIT], plan.extra, offset))
+        writer.write_unit(REST_UNIT, unit_tensors(files, units[REST_UNIT], plan.extra, offset, device=rt.device))
     report: dict[str, Any] = {
-        "device": str(rt.device), "compile": rt.compile, "low_gpu_mem_usage": rt.cache_device.type == "cpu",
+        "device": str(rt.device), "compile": rt.compile,
+        "low_gpu_mem_usage": bool(getattr(args, "low_gpu_mem_usage", False)),
         "gradient_accumulate_steps": accumulate,
         "calibration": {"dataset": args.dataset or "built-in", "nsamples": int(tokens.shape[0]),
                         "seqlen": int(tokens.shape[1])},

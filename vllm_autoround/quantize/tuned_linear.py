@@ -80,8 +80,8 @@ class TunedLinear(torch.nn.Module):
         self.scheme = scheme
         self.out_dtype = out_dtype
         self.quant_fn = quant_fn
-        self.weight = weight
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach(), persistent=False)
         wmin, wmax = weight_range(weight, scheme)
         self.register_buffer("wmin", wmin, persistent=False)
         self.register_buffer("wmax", wmax, persistent=False)
