@@ -80,3 +80,12 @@ def test_tensor_parallel_two_shards(toy_qwen3, tmp_path, scheme):
     run_quantize(toy_qwen3, ckpt, *SCHEMES[scheme], "--iters", "0")
     env = dict(cpu_env(), VLLM_CPU_OMP_THREADS_BIND="0|1")
     serve_and_compare(ckpt, extra_args=("--enforce-eager", "--tensor-parallel-size", "2"), env=env)
+
+
+def test_signround_checkpoint_serves_like_hf(toy_llama, tmp_path):
+    """A tuned (iters > 0) W3 asym checkpoint goes through the same path as RTN ones."""
+    from tests.quantize.signround_helpers import make_signround_checkpoint
+
+    ckpt = make_signround_checkpoint(toy_llama, tmp_path / "signround", 3, 32, "--asym")
+    assert json.loads((ckpt / "quantize_report.json").read_text())["method"] == "signround"
+    serve_and_compare(ckpt)
