@@ -43,6 +43,29 @@ def group_view(weight: torch.Tensor, scheme: LayerScheme) -> torch.Tensor:
     return weight.reshape(n, k // gs, gs)
 
 
+def params_from_range(
+    wmin: torch.Tensor,
+    wmax: torch.Tensor,
+    bits: int,
+    sym: bool,
+    alpha: torch.Tensor | float = 1.0,
+    beta: torch.Tensor | float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, G]`` scale and zero point from the per-group ``min(w, 0)`` and ``max(w, 0)``."""
+    if sym:
+        half = 2 ** (bits - 1)
+        neg = -(wmin * alpha)
+        pos = wmax * beta
+        # The larger side always maps to code -2**(b-1): the scale is negative when max dominates.
+        signed_max = torch.where(pos < neg, neg, -pos)
+        scale = _clamp_scale((signed_max / half).to(torch.float16).to(wmin.dtype))
+        return scale, torch.full_like(scale, float(half))
+    lo = wmin * alpha
+    hi = wmax * beta
+    scale = _clamp_scale(((hi - lo) / (2**bits - 1)).to(torch.float16).to(wmin.dtype))
+    return scale, round_ste(-lo / scale)
+
+
 def compute_params(
     grouped: torch.Tensor,
     scheme: LayerScheme,
@@ -52,20 +75,7 @@ def compute_params(
     """Scale and zero point from a grouped weight ``[N, G, group]``; ``alpha``/``beta`` are ``[N, G]``."""
     wmin = grouped.amin(-1).clamp(max=0)
     wmax = grouped.amax(-1).clamp(min=0)
-    if scheme.sym:
-        half = 2 ** (scheme.bits - 1)
-        neg = -(wmin * alpha)
-        pos = wmax * beta
-        # The larger side always maps to code -2**(b-1): the scale is negative when max dominates.
-        signed_max = torch.where(pos < neg, neg, -pos)
-        scale = _clamp_scale((signed_max / half).to(torch.float16).to(grouped.dtype))
-        zero = torch.full_like(scale, float(half))
-    else:
-        maxq = 2**scheme.bits - 1
-        lo = wmin * alpha
-        hi = wmax * beta
-        scale = _clamp_scale(((hi - lo) / maxq).to(torch.float16).to(grouped.dtype))
-        zero = round_ste(-lo / scale)
+    scale, zero = params_from_range(wmin, wmax, scheme.bits, scheme.sym, alpha, beta)
     return QuantParams(scale=scale.unsqueeze(-1), zero=zero.unsqueeze(-1))
 
 

@@ -14,18 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from vllm_autoround.format.schema import LayerScheme
-from vllm_autoround.quantize.qdq import SCALE_EPS
+from vllm_autoround.quantize.qdq import params_from_range, round_ste
 
 V_BOUND = 0.5  # rounding offsets live in [-0.5, 0.5]
 MINMAX_BOUNDS = (0.5, 1.0)  # min/max clipping scales live in [0.5, 1]
-
-
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return (x.round() - x).detach() + x
-
-
-def _clamp_scale(scale: torch.Tensor) -> torch.Tensor:
-    return torch.where(scale < 0, scale.clamp(max=-SCALE_EPS), scale.clamp(min=SCALE_EPS))
 
 
 def fake_quant(
@@ -44,21 +36,10 @@ def fake_quant(
     groups = wmin.shape[1]
     grouped = weight.to(torch.float32).reshape(n, groups, k // groups)
     maxq = 2**bits - 1
-    if sym:
-        half = 2 ** (bits - 1)
-        neg = -(wmin * alpha)
-        pos = wmax * beta
-        signed_max = torch.where(pos < neg, neg, -pos)
-        scale = _clamp_scale((signed_max / half).to(torch.float16).to(torch.float32))
-        zero = torch.full_like(scale, float(half))
-    else:
-        lo = wmin * alpha
-        hi = wmax * beta
-        scale = _clamp_scale(((hi - lo) / maxq).to(torch.float16).to(torch.float32))
-        zero = _round_ste(-lo / scale)
+    scale, zero = params_from_range(wmin.to(torch.float32), wmax.to(torch.float32), bits, sym, alpha, beta)
     scale = scale.unsqueeze(-1)
     zero = zero.unsqueeze(-1)
-    codes = torch.clamp(_round_ste(grouped / scale + v.reshape(n, groups, k // groups)) + zero, 0, maxq)
+    codes = torch.clamp(round_ste(grouped / scale + v.reshape(n, groups, k // groups)) + zero, 0, maxq)
     return ((codes - zero) * scale).reshape(n, k).to(out_dtype)
 
 
