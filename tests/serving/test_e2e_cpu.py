@@ -62,7 +62,8 @@ def test_auto_round_checkpoint_serves_and_reads_exactly(toy_qwen3, tmp_path):
     theirs = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float16, device_map="cpu")
     qlayer = theirs.model.layers[0].mlp.down_proj
     assert "QuantLinear" in type(qlayer).__name__
-    eye = torch.eye(qlayer.in_features, dtype=torch.float16)
+    in_features = qlayer.qweight.shape[0] * 32 // 4
+    eye = torch.eye(in_features, dtype=torch.float16)
     with torch.no_grad():
         their_weight = qlayer(eye).T  # auto-round's own dequantization, [N, K] in float16
     ours = dequantize(qlayer.qweight, qlayer.qzeros, qlayer.scales, 4, 32, 1, torch.float16)
