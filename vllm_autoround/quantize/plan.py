@@ -96,13 +96,7 @@ def parse_layer_config(text: str | None) -> dict[str, dict[str, Any]]:
 def _match(overrides: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
     if name in overrides:
         return overrides[name]
-    for pattern, value in overrides.items():
-        try:
-            if re.search(pattern, name):
-                return value
-        except re.error:
-            continue
-    return {}
+    return next((value for pattern, value in overrides.items() if _safe_search(pattern, name)), {})
 
 
 def find_blocks(model: torch.nn.Module) -> tuple[str, int]:
@@ -161,9 +155,9 @@ def build_plan(
             blocks[int(match.group(1))].append(layer)
         else:
             extra.append(layer)
+    planned = [layer.name for block in blocks for layer in block] + [layer.name for layer in extra]
     for key in layer_config:
-        if not any(key == layer.name or _safe_search(key, layer.name)
-                   for block in blocks for layer in block + extra):
+        if not any(key == name or _safe_search(key, name) for name in planned):
             raise FormatError(f"--layer_config key {key!r} matches no linear layer of the model")
     return QuantPlan(prefix, count, blocks, scheme, extra, skipped)
 

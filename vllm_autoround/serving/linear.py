@@ -41,7 +41,7 @@ class AutoRoundLinearMethod(LinearMethodBase):
         self.backend = backend.TORCH
         self.cache_dequantized = False
 
-    def _check_partition(self, in_pp: int, input_size: int, output_partition_sizes: list[int]) -> None:
+    def _check_partition(self, in_pp: int, output_partition_sizes: list[int]) -> None:
         bits, gs = self.scheme.bits, self.scheme.group_size
         where = f"{self.prefix} (bits={bits}, group_size={gs})"
         if in_pp % 32:
@@ -58,7 +58,7 @@ class AutoRoundLinearMethod(LinearMethodBase):
     def create_weights(self, layer: torch.nn.Module, input_size_per_partition: int,
                        output_partition_sizes: list[int], input_size: int, output_size: int,
                        params_dtype: torch.dtype, **extra_weight_attrs) -> None:
-        self._check_partition(input_size_per_partition, input_size, output_partition_sizes)
+        self._check_partition(input_size_per_partition, output_partition_sizes)
         bits = self.scheme.bits
         out_pp = sum(output_partition_sizes)
         weight_loader = extra_weight_attrs["weight_loader"]
