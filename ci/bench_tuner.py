@@ -73,7 +73,9 @@ def build_model(path: Path, shape: dict, layers: int, dtype: torch.dtype, device
     return path
 
 
-def run_autoround(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, device: str) -> dict:
+def run_autoround(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, device: str,
+                  layer_config: dict | None = None) -> dict:
+    """auto-round on exactly ``tokens``; returns timings, peak memory and each block's fake-quantized weights."""
     from auto_round import AutoRound
     from auto_round.algorithms.composer import AlgorithmComposer
 
@@ -101,7 +103,7 @@ def run_autoround(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, 
         ar = AutoRound(str(model_dir), scheme="W4A16", bits=a.bits, group_size=a.group_size, sym=True,
                        iters=a.iters, nsamples=a.nsamples, seqlen=a.seqlen, batch_size=a.batch_size,
                        dataset=dataset, seed=a.seed, device_map=0 if device == "cuda" else "cpu",
-                       low_gpu_mem_usage=False)
+                       low_gpu_mem_usage=False, layer_config=layer_config)
         seen: list[torch.Tensor] = []
         hook = ar.model.get_input_embeddings().register_forward_pre_hook(
             lambda m, args: seen.append(args[0].detach().cpu()))

@@ -9,6 +9,7 @@ import torch
 
 from vllm_autoround.format.errors import FormatError
 from vllm_autoround.quantize.calibration import calibration_tokens, default_corpus, load_tokenizer, read_documents
+from vllm_autoround.quantize.corpus import brown_documents
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +20,19 @@ def tokenizer(toy_llama):
 def test_default_corpus_is_real_english_prose():
     text = " ".join(default_corpus())
     words = text.split()
-    assert len(words) > 50_000
+    assert len(words) > 800_000  # enough for the default recipe's 128 x 2048 tokens without overlap
     common = sum(words.count(w) for w in ("the", "of", "and", "to", "is"))
     assert common > 0.08 * len(words)  # function words: prose, not code or random tokens
+
+
+def test_heldout_split_is_disjoint_from_calibration():
+    calibration, heldout = brown_documents("calibration"), brown_documents("heldout")
+    assert len(calibration) == 456 and len(heldout) == 44  # Brown: 500 files, genre A press has 44
+    assert heldout[0].startswith("The Fulton County Grand Jury said Friday")
+    assert not set(calibration) & set(heldout)
+    assert default_corpus() == calibration
+    with pytest.raises(ValueError, match="unknown corpus split 'train'"):
+        brown_documents("train")
 
 
 def test_every_file_kind_and_folder(tmp_path):
@@ -74,7 +85,9 @@ def test_windows_are_reproducible_slices_of_the_text(tokenizer):
     assert not torch.equal(a, calibration_tokens(tokenizer, None, nsamples=6, seqlen=32, seed=2))
     n = _prefix_len(tokenizer)
     assert a[:, :n].tolist() == [tokenizer("x")["input_ids"][:n]] * 6  # e.g. BOS, as the tokenizer adds it
-    stream = tokenizer(default_corpus()[0], add_special_tokens=False)["input_ids"]
+    stream = []
+    for doc in default_corpus():
+        stream += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     for row in a.tolist():
         assert _find(stream, row[n:]) >= 0
 

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="tuning device: auto, cuda, cuda:N, cpu")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from OUTPUT.partial")
+    p.add_argument("--eval", choices=["ppl"], help="after writing, measure held-out perplexity (built-in Brown "
+                                                   "corpus, genre A) of the original and the quantized model")
+    p.add_argument("--eval_seqlen", type=int, default=2048, help="perplexity window length (default 2048)")
+    p.add_argument("--eval_samples", type=int, help="at most this many perplexity windows (default: all)")
+    p.add_argument("--eval_bs", type=int, default=1, help="perplexity batch size (default 1)")
     return p
 
 

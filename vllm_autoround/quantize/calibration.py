@@ -7,7 +7,8 @@ Sources (``--dataset``):
   ``"input_ids"`` (a list of token ids, used as given);
 * a ``.json`` file: a list of such values;
 * a folder: every ``.txt``/``.jsonl``/``.json`` file in it, in name order;
-* nothing: :func:`default_corpus`, real English prose that ships with Python (see docs/tuning.md).
+* nothing: :func:`default_corpus`, the calibration split of the Brown Corpus that ships in the package
+  (see :mod:`vllm_autoround.quantize.corpus` and docs/tuning.md).
 
 Text documents are tokenized without special tokens and joined (with the EOS token between them) into
 one stream; samples are windows of that stream at seeded random, non-overlapping positions when the stream
@@ -32,13 +33,13 @@ Document = str | list[int]
 
 
 def default_corpus() -> list[str]:
-    """The built-in calibration text: CPython's ``pydoc_data.topics`` (PSF license), one document per topic.
+    """The built-in calibration text: the Brown Corpus without its held-out genre, one document per file.
 
     This is the one place that names the default source; switch corpora here.
     """
-    from vllm_autoround.toy import builtin_text
+    from vllm_autoround.quantize.corpus import brown_documents
 
-    return [builtin_text()]
+    return brown_documents("calibration")
 
 
 def _document(value: Any, where: str) -> Document:
@@ -92,7 +93,7 @@ def read_documents(path: str | Path) -> list[Document]:
     return docs
 
 
-def _prefix_tokens(tokenizer) -> list[int]:
+def prefix_tokens(tokenizer) -> list[int]:
     """The special tokens the tokenizer puts in front of any text (e.g. BOS), possibly none."""
     with_special = tokenizer("a")["input_ids"]
     plain = tokenizer("a", add_special_tokens=False)["input_ids"]
@@ -101,7 +102,8 @@ def _prefix_tokens(tokenizer) -> list[int]:
     return []
 
 
-def _token_stream(tokenizer, texts: list[str]) -> list[int]:
+def token_stream(tokenizer, texts: list[str]) -> list[int]:
+    """The texts tokenized without special tokens and joined with EOS, as one stream of ids."""
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
     for text in texts:
@@ -141,9 +143,9 @@ def calibration_tokens(
         return torch.tensor(long_enough[:nsamples], dtype=torch.long)
     if tokenizer is None:
         raise FormatError(f"{where}: text calibration data needs the model's tokenizer, and none was found")
-    prefix = _prefix_tokens(tokenizer)
+    prefix = prefix_tokens(tokenizer)
     body = seqlen - len(prefix)
-    stream = _token_stream(tokenizer, texts)
+    stream = token_stream(tokenizer, texts)
     if len(stream) < body:
         raise FormatError(f"{where}: only {len(stream)} tokens of text; --seqlen {seqlen} needs at least {body}")
     gen = torch.Generator().manual_seed(seed)

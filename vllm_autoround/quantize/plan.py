@@ -42,6 +42,7 @@ class QuantPlan:
     global_scheme: LayerScheme
     extra: list[LinearLayer] = field(default_factory=list)  # quantized layers outside blocks (lm_head)
     skipped: dict[str, str] = field(default_factory=dict)  # layer name -> reason
+    regrouped: dict[str, int] = field(default_factory=dict)  # layer name -> the smaller group size it got
 
     def layers(self) -> list[LinearLayer]:
         return [layer for block in self.blocks for layer in block] + self.extra
@@ -117,6 +118,21 @@ def meta_model(config: dict[str, Any]) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(cfg)
 
 
+FALLBACK_GROUP_SIZES = (64, 32)
+
+
+def fit_group_size(scheme: LayerScheme, in_features: int) -> LayerScheme:
+    """The scheme with the largest smaller group size (64, 32) that divides ``in_features`` when its own
+    does not (SmolLM2's 576 = 4.5 x 128). auto-round pads the last group instead, which the GPTQ layout
+    that vLLM reads cannot hold; a smaller group is slightly more accurate and serves everywhere."""
+    if scheme.group_size <= 0 or in_features % scheme.group_size == 0:
+        return scheme
+    for size in FALLBACK_GROUP_SIZES:
+        if size < scheme.group_size and in_features % size == 0:
+            return LayerScheme(bits=scheme.bits, group_size=size, sym=scheme.sym)
+    return scheme
+
+
 def build_plan(
     model: torch.nn.Module,
     scheme: LayerScheme,
@@ -129,6 +145,7 @@ def build_plan(
     blocks: list[list[LinearLayer]] = [[] for _ in range(count)]
     extra: list[LinearLayer] = []
     skipped: dict[str, str] = {}
+    regrouped: dict[str, int] = {}
     block_re = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
@@ -145,6 +162,9 @@ def build_plan(
         )
         if layer_scheme.quantized:
             check_scheme(layer_scheme.bits, layer_scheme.group_size, f"layer_config[{name!r}]")
+            fitted = fit_group_size(layer_scheme, module.in_features)
+            if fitted != layer_scheme:
+                regrouped[name], layer_scheme = fitted.group_size, fitted
             try:
                 layer_scheme.check_layer(module.in_features, module.out_features, name)
             except FormatError as exc:
@@ -159,7 +179,22 @@ def build_plan(
     for key in layer_config:
         if not any(key == name or _safe_search(key, name) for name in planned):
             raise FormatError(f"--layer_config key {key!r} matches no linear layer of the model")
-    return QuantPlan(prefix, count, blocks, scheme, extra, skipped)
+    return QuantPlan(prefix, count, blocks, scheme, extra, skipped, regrouped)
+
+
+def plan_warnings(plan: QuantPlan) -> list[str]:
+    """One line per kind of departure from the requested scheme, for the console."""
+    lines = []
+    if plan.regrouped:
+        sizes = sorted(set(plan.regrouped.values()), reverse=True)
+        lines.append(f"{len(plan.regrouped)} layers get group_size {'/'.join(map(str, sizes))} instead of "
+                     f"{plan.global_scheme.group_size}, which does not divide their in_features (e.g. "
+                     f"{next(iter(plan.regrouped))}); see quantize_report.json")
+    if plan.skipped:
+        lines.append(f"{len(plan.skipped)} layers stay unquantized: {next(iter(plan.skipped.values()))}"
+                     + (f" (and {len(plan.skipped) - 1} more; see quantize_report.json)" if len(plan.skipped) > 1
+                        else ""))
+    return lines
 
 
 def _safe_search(pattern: str, name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ import torch
 
 from vllm_autoround import __version__
 from vllm_autoround.format.schema import LayerScheme
+from vllm_autoround.quantize.calibration import calibration_tokens, load_tokenizer
 from vllm_autoround.quantize.model_files import ModelFiles
-from vllm_autoround.quantize.plan import build_plan, meta_model, parse_layer_config
+from vllm_autoround.quantize.plan import build_plan, meta_model, parse_layer_config, plan_warnings
 from vllm_autoround.quantize.recipes import Recipe, resolve
 from vllm_autoround.quantize.rtn import quantize_rtn
-from vllm_autoround.quantize.writer import CheckpointWriter
+from vllm_autoround.quantize.writer import CheckpointWriter, write_json_atomic
 
 REPORT_NAME = "quantize_report.json"
 
@@ -41,20 +43,39 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def check_eval_args(args: argparse.Namespace) -> None:
+    if getattr(args, "eval", None) is None:
+        return
+    if args.eval_seqlen < 2 or args.eval_bs < 1 or (args.eval_samples is not None and args.eval_samples < 1):
+        raise ValueError(f"--eval_seqlen ({args.eval_seqlen}) must be >= 2, --eval_bs ({args.eval_bs}) and "
+                         f"--eval_samples ({args.eval_samples}) >= 1")
+
+
 def quantize(args: argparse.Namespace) -> Path:
+    """Run one quantization; everything that can be checked is checked before ``OUTPUT.partial`` exists."""
     started = time.monotonic()
     files = ModelFiles(args.model)
     recipe = recipe_from_args(args)
     scheme = LayerScheme(bits=args.bits, group_size=args.group_size, sym=not args.asym)
     plan = build_plan(meta_model(files.config), scheme, parse_layer_config(args.layer_config), args.quant_lm_head)
+    for line in plan_warnings(plan):
+        print(f"warning: {line}", file=sys.stderr)
+    device = resolve_device(args.device)
+    check_eval_args(args)
+    tokens = None
+    if recipe.iters:
+        if min(recipe.iters, recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1) or 1) < 1:
+            raise ValueError("--iters, --batch_size and --gradient_accumulate_steps must be positive")
+        tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen,
+                                    args.seed)
     writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe))
     report: dict[str, Any] = {"method": "rtn" if recipe.iters == 0 else "signround", "recipe": vars(recipe)}
-    if recipe.iters == 0:
-        quantize_rtn(files, plan, writer, resolve_device(args.device))
+    if tokens is None:
+        quantize_rtn(files, plan, writer, device)
     else:
         from vllm_autoround.quantize.signround import tune_model
 
-        report.update(tune_model(files, plan, writer, recipe, args))
+        report.update(tune_model(files, plan, writer, recipe, args, tokens))
     metadata = dict(autoround_version=f"vllm-autoround-{__version__}", iters=recipe.iters)
     if recipe.iters:
         metadata.update(nsamples=recipe.nsamples, seqlen=recipe.seqlen, batch_size=recipe.batch_size,
@@ -63,5 +84,15 @@ def quantize(args: argparse.Namespace) -> Path:
     config = dict(files.config, quantization_config=quant_config)
     report["seconds"] = round(time.monotonic() - started, 3)
     report["skipped_layers"] = plan.skipped
-    return writer.finalize(config, files.auxiliary_files(),
-                           {"quantization_config.json": quant_config, REPORT_NAME: report})
+    report["regrouped_layers"] = plan.regrouped
+    output = writer.finalize(config, files.auxiliary_files(),
+                             {"quantization_config.json": quant_config, REPORT_NAME: report})
+    if getattr(args, "eval", None) == "ppl":
+        from vllm_autoround.quantize.evaluate import evaluate_ppl
+
+        report["eval"] = evaluate_ppl(files.root, output, device, args.eval_seqlen, args.eval_samples, args.eval_bs)
+        write_json_atomic(output / REPORT_NAME, report)
+        ev = report["eval"]
+        print(f"held-out perplexity ({ev['windows']} x {ev['seqlen']} tokens): original {ev['ppl_original']:.4f}, "
+              f"quantized {ev['ppl_quantized']:.4f} ({ev['ppl_quantized'] / ev['ppl_original'] - 1:+.2%})")
+    return output

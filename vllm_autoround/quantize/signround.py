@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from vllm_autoround.format.schema import LayerScheme
 from vllm_autoround.kernels.reference import dequantize
 from vllm_autoround.quantize.block_io import BlockCall, BlockSource, block_output, map_tensors
-from vllm_autoround.quantize.calibration import calibration_tokens, load_tokenizer
 from vllm_autoround.quantize.model_files import ModelFiles
 from vllm_autoround.quantize.plan import LinearLayer, QuantPlan
 from vllm_autoround.quantize.recipes import Recipe
@@ -351,12 +350,10 @@ def _exit_hook(index: int) -> None:
 
 
 def tune_model(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, recipe: Recipe,
-               args: argparse.Namespace) -> dict[str, Any]:
-    """Tune and write every block of ``plan``; returns the JSON report's SignRound part."""
+               args: argparse.Namespace, tokens: torch.Tensor) -> dict[str, Any]:
+    """Tune and write every block of ``plan`` on calibration ``tokens``; returns the report's SignRound part."""
     started = time.monotonic()
     accumulate = getattr(args, "gradient_accumulate_steps", 1) or 1
-    if accumulate < 1 or recipe.batch_size < 1 or recipe.iters < 1:
-        raise ValueError("--iters, --batch_size and --gradient_accumulate_steps must be positive")
     config = TuneConfig(recipe.iters, min(recipe.batch_size, recipe.nsamples), accumulate, recipe.lr,
                         recipe.minmax_lr, args.seed)
     rt = Runtime.create(getattr(args, "device", "auto"), getattr(args, "low_gpu_mem_usage", False))
@@ -364,7 +361,6 @@ def tune_model(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, rec
     offset = plan.quant_config().zero_point_offset
     units = unit_names(files, plan)
 
-    tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen, args.seed)
     source = BlockSource(files, plan)
     hidden, calls = source.capture(tokens, rt.act_dtype)
     pin = rt.cache_device.type == "cpu" and rt.device.type == "cuda"
