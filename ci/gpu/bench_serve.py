@@ -76,9 +76,10 @@ def build_model(path: Path, layers: int = 16) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="t0", eos_token="t1", unk_token="t2").save_pretrained(path)
 
 
-def quantize(work: Path) -> None:
+def quantize(work: Path, configs: list[str]) -> None:
+    """The checkpoints that ``configs`` serve (RTN is enough for speed), each made once."""
     for name, (bits, group) in CHECKPOINTS.items():
-        if (work / name / "config.json").exists():
+        if (work / name / "config.json").exists() or all(CONFIGS[c][0] != name for c in configs):
             continue
         start = time.monotonic()
         subprocess.run([sys.executable, "-m", "vllm_autoround.quantize", "--model", str(work / "bf16"),
@@ -172,8 +173,12 @@ def main() -> int:
     start = time.monotonic()
     build_model(work / "bf16")
     print(f"model ready in {time.monotonic() - start:.0f} s", flush=True)
-    quantize(work)
-    for name in args.configs.split(","):
+    configs = args.configs.split(",")
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}; choose from {list(CONFIGS)}")
+    quantize(work, configs)
+    for name in configs:
         if (results_dir / f"{name}.json").exists():
             continue
         proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name],
