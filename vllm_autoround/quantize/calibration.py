@@ -106,8 +106,9 @@ def token_stream(tokenizer, texts: list[str]) -> list[int]:
     """The texts tokenized without special tokens and joined with EOS, as one stream of ids."""
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     stream: list[int] = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not texts:
+        return stream
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:  # one batched call: Rust threads
         if ids:
             stream.extend(ids + sep)
     return stream
