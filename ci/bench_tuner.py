@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vllm_autoround.quantize.evaluate import dequantized_weights  # noqa: E402
 from vllm_autoround.quantize.signround import COMPILE_ENV  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
@@ -143,28 +144,7 @@ def run_ours(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, devic
             "tune_seconds": [b.get("tune_seconds") for b in report["blocks"]],
             "loss_best": [b["loss_best"] for b in report["blocks"]],
             "total_seconds": round(total, 2), "peak_gpu_gb": peak_gb(), "compile": report["compile"],
-            "weights": checkpoint_weights(out)}
-
-
-def checkpoint_weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from vllm_autoround.format.schema import load_quant_config
-    from vllm_autoround.kernels.reference import dequantize
-
-    config = load_quant_config(ckpt)
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in sorted(ckpt.glob("*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    out = {}
-    for name in tensors:
-        if name.endswith(".qweight"):
-            layer = name[: -len(".qweight")]
-            s = config.scheme_for(layer)
-            out[f"{layer}.weight"] = dequantize(tensors[name], tensors[f"{layer}.qzeros"],
-                                                tensors[f"{layer}.scales"], s.bits, s.group_size,
-                                                config.zero_point_offset, dtype=torch.float32)
-    return out
+            "weights": dequantized_weights(out)}
 
 
 def rtn_weights(model_dir: Path, names: list[str], a: argparse.Namespace) -> dict[str, torch.Tensor]:
