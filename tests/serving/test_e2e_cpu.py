@@ -90,3 +90,14 @@ def test_signround_checkpoint_serves_like_hf(toy_llama, tmp_path):
     ckpt = make_signround_checkpoint(toy_llama, tmp_path / "signround", 3, 32, "--asym")
     assert json.loads((ckpt / "quantize_report.json").read_text())["method"] == "signround"
     serve_and_compare(ckpt)
+
+
+def test_real_model_with_regrouped_layers_serves_like_hf(smollm2, tmp_path):
+    """SmolLM2-135M (tied embeddings, hidden 576) at W4 g128: every layer with in_features 576 falls back
+    to group 64 in extra_config; vLLM serves the mixed group sizes like HF on the dequantized weights."""
+    ckpt = tmp_path / "smollm2-w4g128"
+    run_quantize(smollm2, ckpt, "--bits", "4", "--group_size", "128", "--iters", "0")
+    config = json.loads((ckpt / "config.json").read_text())["quantization_config"]
+    assert config["extra_config"]["model.layers.0.self_attn.q_proj"]["group_size"] == 64
+    assert "model.layers.0.mlp.down_proj" not in config["extra_config"]  # 1536 = 12 x 128 keeps g128
+    serve_and_compare(ckpt)
