@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ci.bench_tuner import peak_gb, reset_peak, run_autoround, sync  # noqa: E402
+from ci.bench_tuner import peak_gb, run_autoround, timed_quantize  # noqa: E402
 from vllm_autoround.format.schema import LayerScheme  # noqa: E402
 from vllm_autoround.quantize.calibration import calibration_tokens, load_tokenizer  # noqa: E402
 from vllm_autoround.quantize.evaluate import (  # noqa: E402
@@ -54,23 +54,14 @@ RECIPE_FLAGS = {"rtn": ("--iters", "0"), "ours-default": ("--recipe", "default")
 
 def run_ours(model_dir: Path, data: Path, bits: int, group_size: int, method: str, a: argparse.Namespace,
              device: str, work: Path) -> dict:
-    from vllm_autoround.quantize.__main__ import build_parser
-    from vllm_autoround.quantize.run import quantize
-
     out = work / f"{method}-w{bits}g{group_size}"
-    shutil.rmtree(out, ignore_errors=True)
-    argv = ["--model", str(model_dir), "--output", str(out), "--device", device, "--bits", str(bits),
-            "--group_size", str(group_size), "--seed", str(a.seed), *RECIPE_FLAGS[method]]
+    argv = ["--model", str(model_dir), "--device", device, "--bits", str(bits), "--group_size", str(group_size),
+            "--seed", str(a.seed), *RECIPE_FLAGS[method]]
     if method != "rtn":
         argv += ["--dataset", str(data), "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen)]
         if a.iters is not None:
             argv += ["--iters", str(a.iters)]
-    reset_peak()
-    t0 = time.perf_counter()
-    quantize(build_parser().parse_args(argv))
-    sync()
-    seconds = time.perf_counter() - t0
-    report = json.loads((out / "quantize_report.json").read_text())
+    seconds, report = timed_quantize(out, argv)
     result = {"seconds": round(seconds, 2), "peak_gpu_gb": peak_gb(),
               "block_seconds": [b.get("seconds") for b in report.get("blocks", [])],
               "weights": dequantized_weights(out)}

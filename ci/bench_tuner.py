@@ -121,25 +121,30 @@ def run_autoround(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, 
     return result
 
 
-def run_ours(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, device: str, work: Path,
-             *extra: str) -> dict:
+def timed_quantize(out: Path, argv: list[str]) -> tuple[float, dict]:
+    """Our quantizer in-process, writing ``out`` afresh: its wall seconds (GPU synced; peak memory reset
+    before, read with :func:`peak_gb`) and its quantize_report.json."""
     from vllm_autoround.quantize.__main__ import build_parser
     from vllm_autoround.quantize.run import quantize
 
+    shutil.rmtree(out, ignore_errors=True)
+    reset_peak()
+    t0 = time.perf_counter()
+    quantize(build_parser().parse_args(["--output", str(out), *argv]))
+    sync()
+    return time.perf_counter() - t0, json.loads((out / "quantize_report.json").read_text())
+
+
+def run_ours(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, device: str, work: Path,
+             *extra: str) -> dict:
     data = work / "tokens.jsonl"
     data.write_text("".join(json.dumps({"input_ids": row}) + "\n" for row in tokens.tolist()))
     out = work / "ours"
-    shutil.rmtree(out, ignore_errors=True)
-    argv = ["--model", str(model_dir), "--output", str(out), "--dataset", str(data), "--device", device,
-            "--bits", str(a.bits), "--group_size", str(a.group_size), "--iters", str(a.iters),
-            "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen), "--batch_size", str(a.batch_size),
-            "--seed", str(a.seed), *extra]
-    reset_peak()
-    t0 = time.perf_counter()
-    quantize(build_parser().parse_args(argv))
-    sync()
-    total = time.perf_counter() - t0
-    report = json.loads((out / "quantize_report.json").read_text())
+    total, report = timed_quantize(out, [
+        "--model", str(model_dir), "--dataset", str(data), "--device", device,
+        "--bits", str(a.bits), "--group_size", str(a.group_size), "--iters", str(a.iters),
+        "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen), "--batch_size", str(a.batch_size),
+        "--seed", str(a.seed), *extra])
     return {"block_seconds": [b["seconds"] for b in report["blocks"]],
             "tune_seconds": [b.get("tune_seconds") for b in report["blocks"]],
             "loss_best": [b["loss_best"] for b in report["blocks"]],
