@@ -1,0 +1,117 @@
+"""Count the machine instructions of the gemv kernel's main loop, for sm_90, on a machine without a GPU.
+
+Triton's wheel carries ``ptxas`` and ``nvdisasm``, so the kernels compile to Hopper SASS here; the loop's
+instruction mix per decoded weight value and the register count say, before any device time is spent,
+whether a kernel change cuts the work per value (the M=1 kernel is issue-bound on the H100: see
+docs/kernels.md). Integer arguments get the divisibility-by-16 specialization a real launch gets. Run it
+in a process where Triton is not interpreting (``TRITON_INTERPRET`` unset when triton is imported).
+
+    python ci/kernel_sass.py --bits 4 --block_n 256 --warps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ALIGNED_ARGS = ("x_ptr", "w_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "part_ptr", "cnt_ptr", "N", "K",
+                "stride_xm", "stride_om")
+OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)")
+BRANCH = re.compile(r"BRA `\((\.L_x_\d+)\)")
+
+
+def compile_gemv(bits: int, group_size: int, block_n: int, warps: int, prefetch: bool = False):
+    """The sym bf16 gemv kernel compiled for sm_90 (split-K on, K a whole number of blocks)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vllm_autoround.kernels import triton_kernels as tk
+
+    kernel = tk.gemv_kernel
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "b_ptr": "*bf16",
+                 "out_ptr": "*bf16", "part_ptr": "*fp32", "cnt_ptr": "*i32"}
+    signature |= {name: "i32" for name in ("M", "N", "K", "stride_xm", "stride_om", "num_blocks",
+                                           "blocks_per_split", "split_k")}
+    constants = dict(BITS=bits, R=16, GS=group_size, ZERO=2 ** (bits - 1), HAS_BIAS=False, BLOCK_N=block_n,
+                     SPLIT=True, EVEN_K=True, PREFETCH=prefetch)
+    signature |= {name: "constexpr" for name in constants}
+    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in ALIGNED_ARGS}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def disassemble(cubin: bytes) -> tuple[str, str]:
+    """(SASS listing, resource usage) of a cubin, with the tools in Triton's wheel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        Path(path).write_bytes(cubin)
+        sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path], capture_output=True,
+                               text=True, check=True).stdout
+    return sass, usage
+
+
+def main_loop_opcodes(sass: str) -> collections.Counter:
+    """Opcode counts of the longest backward branch's body: the loop over K blocks."""
+    lines = sass.splitlines()
+    labels = {line.strip()[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\s*\.L_x_\d+:", line)}
+    start, end = 0, -1
+    for i, line in enumerate(lines):
+        m = BRANCH.search(line)
+        if m and labels.get(m.group(1), i) < i and i - labels[m.group(1)] > end - start:
+            start, end = labels[m.group(1)], i
+    ops = collections.Counter()
+    for line in lines[start:end + 1]:
+        m = OPCODE.match(line)
+        if m:
+            ops[m.group(1)] += 1
+    return ops
+
+
+def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: bool = False) -> dict:
+    sass, usage = disassemble(compile_gemv(bits, group_size, block_n, warps, prefetch).asm["cubin"])
+    ops = main_loop_opcodes(sass)
+    slices = 32 if bits == 3 else 32 // bits
+    values_per_thread = 16 * block_n * slices / (32 * warps)  # one K block: 16 word rows x BLOCK_N words
+    regs = re.search(r"REG:(\d+)", usage)
+    return {"registers": int(regs.group(1)) if regs else None, "loop_instructions": sum(ops.values()),
+            "per_value": sum(ops.values()) / values_per_thread, "opcodes": dict(ops.most_common())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
+    p.add_argument("--group_size", type=int, default=128)
+    p.add_argument("--block_n", type=int, default=256)
+    p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--prefetch", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = p.parse_args(argv)
+    r = loop_report(a.bits, a.group_size, a.block_n, a.warps, a.prefetch)
+    if a.json:
+        print(json.dumps(r))
+        return 0
+    print(f"W{a.bits} g{a.group_size} BLOCK_N {a.block_n}, {a.warps} warps: {r['registers']} registers, "
+          f"loop {r['loop_instructions']} instructions = {r['per_value']:.2f} per weight value")
+    print("  " + ", ".join(f"{op} {n}" for op, n in list(r["opcodes"].items())[:14]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
