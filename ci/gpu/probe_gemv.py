@@ -8,7 +8,8 @@ two gemv launches for Nsight Compute to profile::
 
     python3 ci/gpu/probe_gemv.py --out $OUT/probe.json
     ncu --clock-control none --kernel-name regex:gemv_kernel --launch-skip 2 --launch-count 2 \\
-        --section SpeedOfLight --section Occupancy --section WarpStateStats python3 ci/gpu/probe_gemv.py --ncu
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
+        --section SchedulerStats python3 ci/gpu/probe_gemv.py --ncu
 """
 
 from __future__ import annotations
