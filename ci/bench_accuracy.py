@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ci.bench_tuner import peak_gb, run_autoround, timed_quantize  # noqa: E402
+from ci.bench_tuner import peak_gb, run_autoround, timed_quantize, write_token_dataset  # noqa: E402
 from vllm_autoround.format.schema import LayerScheme  # noqa: E402
 from vllm_autoround.quantize.calibration import calibration_tokens, load_tokenizer  # noqa: E402
 from vllm_autoround.quantize.evaluate import (  # noqa: E402
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     windows = heldout_windows(tok, a.eval_seqlen, a.eval_samples)
     results["info"]["eval_tokens"] = int(windows.numel())
     work = Path(tempfile.mkdtemp(prefix="bench_accuracy."))
-    data = work / "calibration.jsonl"
-    data.write_text("".join(json.dumps({"input_ids": row}) + "\n" for row in tokens.tolist()))
+    data = write_token_dataset(tokens, work / "calibration.jsonl")
     model = load_model(model_dir, "cpu", torch.bfloat16 if device == "cuda" else torch.float32)
     try:
         if "bf16" not in results:

@@ -135,10 +135,15 @@ def timed_quantize(out: Path, argv: list[str]) -> tuple[float, dict]:
     return time.perf_counter() - t0, json.loads((out / "quantize_report.json").read_text())
 
 
+def write_token_dataset(tokens: torch.Tensor, path: Path) -> Path:
+    """``tokens`` as a jsonl ``--dataset`` of ``input_ids`` rows, which our quantizer uses exactly as given."""
+    path.write_text("".join(json.dumps({"input_ids": row}) + "\n" for row in tokens.tolist()))
+    return path
+
+
 def run_ours(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, device: str, work: Path,
              *extra: str) -> dict:
-    data = work / "tokens.jsonl"
-    data.write_text("".join(json.dumps({"input_ids": row}) + "\n" for row in tokens.tolist()))
+    data = write_token_dataset(tokens, work / "tokens.jsonl")
     out = work / "ours"
     total, report = timed_quantize(out, [
         "--model", str(model_dir), "--dataset", str(data), "--device", device,
