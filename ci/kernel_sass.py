@@ -6,13 +6,14 @@ whether a kernel change cuts the work per value (the M=1 kernel is issue-bound o
 docs/kernels.md). Integer arguments get the divisibility-by-16 specialization a real launch gets. Run it
 in a process where Triton is not interpreting (``TRITON_INTERPRET`` unset when triton is imported).
 
-    python ci/kernel_sass.py --bits 4 --block_n 256 --warps 4
+    python ci/kernel_sass.py --bits 4 --block_n 128 --warp_n 32 --warps 4
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
 import os
 import re
@@ -29,25 +30,37 @@ OPCODE = re.compile(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)")
 BRANCH = re.compile(r"BRA `\((\.L_x_\d+)\)")
 
 
-def compile_gemv(bits: int, group_size: int, block_n: int, warps: int, prefetch: bool = False):
-    """The sym bf16 gemv kernel compiled for sm_90 (split-K on, K a whole number of blocks)."""
+def compile_gemv(bits: int, group_size: int, block_n: int, warps: int, prefetch: bool = False, warp_n: int = 32,
+                 sym: bool = True):
+    """The bf16 gemv kernel compiled for sm_90 (split-K on, K and N whole blocks and tiles)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from vllm_autoround.kernels import triton_kernels as tk
-
+    tk = _triton_kernels()
     kernel = tk.gemv_kernel
     signature = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "b_ptr": "*bf16",
                  "out_ptr": "*bf16", "part_ptr": "*fp32", "cnt_ptr": "*i32"}
     signature |= {name: "i32" for name in ("M", "N", "K", "stride_xm", "stride_om", "num_blocks",
-                                           "blocks_per_split", "split_k")}
-    constants = dict(BITS=bits, R=16, GS=group_size, ZERO=2 ** (bits - 1), HAS_BIAS=False, BLOCK_N=block_n,
-                     SPLIT=True, EVEN_K=True, PREFETCH=prefetch)
+                                           "blocks_per_split", "split_k", "opaque_zero")}
+    constants = dict(BITS=bits, R=16, GS=group_size, ZERO=2 ** (bits - 1) if sym else -1, HAS_BIAS=False,
+                     BLOCK_N=block_n, SPLIT=True, EVEN_K=True, PREFETCH=prefetch, WARP_N=min(warp_n, block_n),
+                     EVEN_N=True, ROWS_OUTER=tk.ROWS_OUTER)
     signature |= {name: "constexpr" for name in constants}
     attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in ALIGNED_ARGS}
+    signature = {name: signature[name] for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
+
+
+def _triton_kernels():
+    """``vllm_autoround/kernels/triton_kernels.py`` loaded by path: it needs only Triton, not torch, so any
+    Triton version can compile it (for example the GPU machine's, installed in a venv of its own)."""
+    path = Path(__file__).resolve().parents[1] / "vllm_autoround" / "kernels" / "triton_kernels.py"
+    spec = importlib.util.spec_from_file_location("triton_kernels_for_sass", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _tool(name: str) -> str:
@@ -84,8 +97,9 @@ def main_loop_opcodes(sass: str) -> collections.Counter:
     return ops
 
 
-def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: bool = False) -> dict:
-    sass, usage = disassemble(compile_gemv(bits, group_size, block_n, warps, prefetch).asm["cubin"])
+def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: bool = False, warp_n: int = 32,
+                sym: bool = True) -> dict:
+    sass, usage = disassemble(compile_gemv(bits, group_size, block_n, warps, prefetch, warp_n, sym).asm["cubin"])
     ops = main_loop_opcodes(sass)
     slices = 32 if bits == 3 else 32 // bits
     values_per_thread = 16 * block_n * slices / (32 * warps)  # one K block: 16 word rows x BLOCK_N words
@@ -98,17 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group_size", type=int, default=128)
-    p.add_argument("--block_n", type=int, default=256)
+    p.add_argument("--block_n", type=int, default=128)
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--warp_n", type=int, default=32, choices=(32, 64, 128))
+    p.add_argument("--asym", action="store_true", help="zero points per group (default: one shared zero point)")
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
-    r = loop_report(a.bits, a.group_size, a.block_n, a.warps, a.prefetch)
+    r = loop_report(a.bits, a.group_size, a.block_n, a.warps, a.prefetch, a.warp_n, not a.asym)
     if a.json:
         print(json.dumps(r))
         return 0
-    print(f"W{a.bits} g{a.group_size} BLOCK_N {a.block_n}, {a.warps} warps: {r['registers']} registers, "
-          f"loop {r['loop_instructions']} instructions = {r['per_value']:.2f} per weight value")
+    print(f"W{a.bits} g{a.group_size} BLOCK_N {a.block_n} WARP_N {a.warp_n}, {a.warps} warps: "
+          f"{r['registers']} registers, loop {r['loop_instructions']} instructions = "
+          f"{r['per_value']:.2f} per weight value")
     print("  " + ", ".join(f"{op} {n}" for op, n in list(r["opcodes"].items())[:14]))
     return 0
 

@@ -3,10 +3,12 @@
 For each shape it times, with CUDA-graph replay over weight copies larger than L2 (kernel_common):
 bf16 ``F.linear``; the gemv kernel in several tilings; a *load-only* kernel that streams the same words
 with the same tiling and split-K but only XORs them (the memory floor of that access pattern); and the
-gemv kernel re-reading one L2-resident copy (its cost with memory nearly free). ``--ncu`` instead runs
-two gemv launches for Nsight Compute to profile::
+gemv kernel re-reading one L2-resident copy (its cost with memory nearly free). ``--baseline FILE`` also
+times the gemv kernel of an older ``triton_kernels.py`` in the same run (for example
+``git show 7fd285c:vllm_autoround/kernels/triton_kernels.py > /tmp/old_tk.py``: the kernel before the
+one-LOP3-per-value decode). ``--ncu`` instead runs two gemv launches for Nsight Compute to profile::
 
-    python3 ci/gpu/probe_gemv.py --out $OUT/probe.json
+    python3 ci/gpu/probe_gemv.py --out $OUT/probe.json [--baseline /tmp/old_tk.py]
     ncu --clock-control none --kernel-name regex:gemv_kernel --launch-skip 2 --launch-count 2 \\
         --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
         --section SchedulerStats python3 ci/gpu/probe_gemv.py --ncu
@@ -15,6 +17,7 @@ two gemv launches for Nsight Compute to profile::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -31,10 +34,14 @@ from kernel_common import copies_for, random_checkpoint, reference_out, rel_err,
 from vllm_autoround.kernels.launch import KernelConfig, _split, run  # noqa: E402
 from vllm_autoround.kernels.layout import INTERLEAVE, block_k, prepare_weight  # noqa: E402
 
-SHAPES = ((4, 128, 4096, 14336), (2, 64, 4096, 14336), (8, 128, 4096, 14336), (4, 128, 14336, 4096),
-          (4, 128, 8192, 28672))
-# (BLOCK_N, waves, warps); the first is the M=1 default
-TILINGS = ((128, 8, 4), (256, 8, 4), (128, 8, 8), (256, 2, 4), (128, 4, 4), (128, 16, 4), (64, 8, 2))
+# (bits, group size, sym, K, N)
+SHAPES = ((4, 128, True, 4096, 14336), (4, 128, False, 4096, 14336), (3, 64, True, 4096, 14336),
+          (2, 64, True, 4096, 14336), (8, 128, True, 4096, 14336), (4, 128, True, 14336, 4096),
+          (4, 128, True, 4096, 6144), (4, 128, True, 8192, 28672))
+# (BLOCK_N, WARP_N, waves, warps, prefetch); the first is the M=1 default
+TILINGS = ((128, 32, 8, 4, False), (256, 32, 8, 4, False), (128, 32, 8, 4, True), (256, 32, 8, 4, True),
+           (128, 64, 8, 4, False), (128, 32, 4, 4, False), (128, 32, 16, 4, False), (256, 32, 8, 8, False),
+           (64, 32, 8, 2, False), (256, 64, 8, 4, True))
 
 
 @triton.jit
@@ -51,10 +58,37 @@ def load_only_kernel(w_ptr, out_ptr, N, num_blocks, blocks_per_split, R: tl.cons
     tl.store(out_ptr + pid_k * N + offs_n, tl.sum(acc, 0))
 
 
-def probe_shape(bits: int, group_size: int, k: int, n: int) -> list[dict]:
-    shape = f"W{bits} g{group_size} {k}x{n}"
-    ckpt = random_checkpoint(bits, group_size, True, k, n)
-    nbytes = weight_bytes(bits, group_size, k, n, True)
+def load_baseline(path: str):
+    """The ``triton_kernels`` module of an older checkout, loaded from its file."""
+    spec = importlib.util.spec_from_file_location("baseline_triton_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def baseline_gemv(tk_old, x, p, block_n: int, waves: float, warps: int):
+    """The old gemv kernel (BLOCK_N tile of [16, BLOCK_N] words, one FADD per value) with its launch."""
+    m, k = x.shape
+    n = p.out_features
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    num_blocks = p.padded_in_features // block_k(p.bits)
+    tiles = -(-n // block_n)
+    split, per = _split(num_blocks, tiles * m, waves, p, x.device)
+    part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
+    tk_old.gemv_kernel[(tiles, split, m)](
+        x, p.qweight, p.scales, p.zeros if p.zero_point < 0 else p.scales, x, out, part, p.counters,
+        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
+        BITS=p.bits, R=INTERLEAVE, GS=0 if p.effective_group_size == p.in_features else p.effective_group_size,
+        ZERO=p.zero_point, HAS_BIAS=False, BLOCK_N=block_n, SPLIT=split > 1,
+        EVEN_K=p.padded_in_features == p.in_features, PREFETCH=False, num_warps=warps, num_stages=2)
+    return out
+
+
+def probe_shape(bits: int, group_size: int, sym: bool, k: int, n: int, tk_old=None, tilings=TILINGS,
+                floor: bool = True) -> list[dict]:
+    shape = f"W{bits} g{group_size} {'sym' if sym else 'asym'} {k}x{n}"
+    ckpt = random_checkpoint(bits, group_size, sym, k, n)
+    nbytes = weight_bytes(bits, group_size, k, n, sym)
     copies = [prepare_weight(ckpt["qweight"].clone(), ckpt["qzeros"], ckpt["scales"].clone(), bits=bits,
                              group_size=group_size, zero_point_offset=ckpt["zero_point_offset"])
               for _ in range(copies_for(nbytes))]
@@ -65,17 +99,24 @@ def probe_shape(bits: int, group_size: int, k: int, n: int) -> list[dict]:
              "us": time_graph([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])}]
     rows[-1]["tb_s"] = n * k * 2 / rows[-1]["us"] / 1e6
     del dense
-    for block_n, waves, warps in TILINGS:
-        cfg = KernelConfig("gemv", block_n=block_n, waves=waves, num_warps=warps)
+    if tk_old is not None:
+        for block_n, waves, warps in ((128, 8, 4), (256, 8, 4)):
+            us = time_graph([lambda p=p, t=(block_n, waves, warps): baseline_gemv(tk_old, x, p, *t) for p in copies])
+            rows.append({"shape": shape, "what": f"baseline gemv BN{block_n} waves {waves} warps {warps}", "us": us,
+                         "tb_s": nbytes / us / 1e6,
+                         "rel_err": rel_err(baseline_gemv(tk_old, x, copies[0], block_n, waves, warps), ref)})
+    for block_n, warp_n, waves, warps, prefetch in tilings:
+        cfg = KernelConfig("gemv", block_n=block_n, warp_n=warp_n, waves=waves, num_warps=warps, prefetch=prefetch)
         us = time_graph([lambda p=p, cfg=cfg: run(x, p, cfg) for p in copies])
-        rows.append({"shape": shape, "what": f"gemv BN{block_n} waves {waves} warps {warps}", "us": us,
+        rows.append({"shape": shape, "what": f"gemv BN{block_n} WN{warp_n} waves {waves} warps {warps}"
+                     f"{' prefetch' if prefetch else ''}", "us": us,
                      "tb_s": nbytes / us / 1e6, "rel_err": rel_err(run(x, copies[0], cfg), ref)})
-        if (block_n, waves, warps) == TILINGS[0]:
+        if (block_n, warp_n, waves, warps, prefetch) == tilings[0] and floor:
             rows.append({"shape": shape, "what": f"gemv BN{block_n} waves {waves}, one L2-resident copy",
                          "us": time_graph([lambda cfg=cfg: run(x, copies[0], cfg)])})
-    if bits != 3:
+    if bits != 3 and floor:
         num_blocks = copies[0].padded_in_features // block_k(bits)
-        for block_n, waves, warps in TILINGS[:3]:
+        for block_n, waves, warps in ((128, 8, 4), (256, 8, 4)):
             tiles = -(-n // block_n)
             split, per = _split(num_blocks, tiles, waves, copies[0], x.device)
             sink = torch.empty(split, n, dtype=torch.int32, device="cuda")
@@ -95,7 +136,7 @@ def run_for_ncu() -> None:
     p = prepare_weight(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"], bits=4, group_size=128,
                        zero_point_offset=ckpt["zero_point_offset"])
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    for block_n, waves, warps in ((256, 8, 4), (128, 8, 8)):  # the two tilings of docs/kernels.md's ncu table
+    for block_n, waves, warps in ((128, 8, 4), (256, 8, 4)):
         cfg = KernelConfig("gemv", block_n=block_n, waves=waves, num_warps=warps)
         for _ in range(3):
             run(x, p, cfg)
@@ -106,13 +147,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="write the rows here as JSON")
     p.add_argument("--ncu", action="store_true", help="only launch the kernels for a profiler")
+    p.add_argument("--baseline", help="an older triton_kernels.py whose gemv kernel is timed alongside")
+    p.add_argument("--tilings", help="BLOCK_N,WARP_N,waves,warps,prefetch(0/1) tuples separated by ';'")
+    p.add_argument("--shapes", help="indices into SHAPES, comma-separated (default: all)")
+    p.add_argument("--no_floor", action="store_true", help="skip the load-only and L2-resident rows")
     a = p.parse_args(argv)
     if a.ncu:
         run_for_ncu()
         return 0
+    tk_old = load_baseline(a.baseline) if a.baseline else None
+    tilings = TILINGS
+    if a.tilings:
+        tilings = tuple(tuple(int(v) for v in t.split(",")) for t in a.tilings.split(";"))
+        tilings = tuple((bn, wn, wv, w, bool(pf)) for bn, wn, wv, w, pf in tilings)
+    shapes = [SHAPES[int(i)] for i in a.shapes.split(",")] if a.shapes else SHAPES
     rows = []
-    for shape in SHAPES:
-        for row in probe_shape(*shape):
+    for shape in shapes:
+        for row in probe_shape(*shape, tk_old=tk_old, tilings=tilings, floor=not a.no_floor):
             rows.append(row)
             print(json.dumps(row), flush=True)
         torch.cuda.empty_cache()

@@ -20,9 +20,11 @@ def _block_n(bits: int) -> int:
     return 64 if bits == 3 else 32  # small_shape's N leaves a partial last tile either way
 
 
-def _check(scheme, cfg: KernelConfig, m: int, dtype=torch.bfloat16, bias: bool = False, seed: int = 0):
+def _check(scheme, cfg: KernelConfig, m: int, dtype=torch.bfloat16, bias: bool = False, seed: int = 0,
+           n: int | None = None):
     bits, gs, sym = scheme
-    k, n = small_shape(bits, gs)
+    k, n_default = small_shape(bits, gs)
+    n = n or n_default
     ck = checkpoint(bits, gs, sym, k, n, seed=seed)
     b = torch.randn(n, generator=torch.Generator().manual_seed(seed + 1)).half() if bias else None
     p = prepared(ck, b)
@@ -58,6 +60,8 @@ def test_dequantize_every_scheme(interpreter, scheme):
 VARIANTS = [
     KernelConfig("gemv", block_n=32, waves=0),
     KernelConfig("gemv", block_n=64, waves=8, prefetch=True),
+    KernelConfig("gemv", block_n=128, warp_n=32, waves=4),
+    KernelConfig("gemv", block_n=64, warp_n=64, waves=2, num_warps=2),
     KernelConfig("gemm", block_m=16, block_n=32, waves=0, scale_after=False),
     KernelConfig("gemm", block_m=16, block_n=64, waves=4, prefetch=True),
     KernelConfig("gemm", block_m=32, block_n=32, waves=2, w_first=True, prefetch=True, scale_after=False),
@@ -66,11 +70,22 @@ VARIANTS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme", [(3, 64, True), (4, 32, False), (2, -1, False), (8, 128, True)], ids=scheme_id)
-@pytest.mark.parametrize("cfg", VARIANTS, ids=lambda c: f"{c.kind}-bn{c.block_n}-w{c.waves}-pf{int(c.prefetch)}"
-                         f"-sa{int(c.scale_after)}-wf{int(c.w_first)}")
+@pytest.mark.parametrize("cfg", VARIANTS, ids=lambda c: f"{c.kind}-bn{c.block_n}-wn{c.warp_n}-w{c.waves}"
+                         f"-pf{int(c.prefetch)}-sa{int(c.scale_after)}-wf{int(c.w_first)}")
 def test_tiling_variants(interpreter, scheme, cfg):
     """Split-K or not, prefetch, scale before/after the dot, weight-first MMA; odd M over BLOCK_M."""
     _check(scheme, cfg, m=1 if cfg.kind == "gemv" else 17, bias=True, seed=3)
+
+
+@pytest.mark.parametrize("rows_outer", [False, True])
+@pytest.mark.parametrize("scheme", [(4, 128, True), (2, 64, False), (3, 32, True), (8, -1, False)], ids=scheme_id)
+def test_gemv_whole_tiles_both_axis_orders(interpreter, monkeypatch, scheme, rows_outer):
+    """N a whole number of tiles (unmasked loads), two column repeats per tile, in both 3-D tile axis
+    orders (which one compiles depends on the Triton version; see triton_kernels.ROWS_OUTER)."""
+    from vllm_autoround.kernels import triton_kernels
+
+    monkeypatch.setattr(triton_kernels, "ROWS_OUTER", rows_outer)
+    _check(scheme, KernelConfig("gemv", block_n=64, warp_n=32, waves=2), m=2, n=128, seed=5)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ class KernelConfig:
 
     kind: str  # "gemv" | "gemm" | "dequant"
     block_n: int = 128
+    warp_n: int = 32  # gemv: columns across one warp's lanes (32: one row per thread with 4 warps)
     block_m: int = 16
     waves: float = 0.0
     num_warps: int = 4
@@ -82,9 +83,10 @@ def gemv(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
     bias, has_bias = _bias_arg(p, x)
     tk.gemv_kernel[(n_tiles, split, m)](
         x, p.qweight, p.scales, _zeros_arg(p), bias, out, part, p.counters,
-        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
+        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split, 0,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
         BLOCK_N=cfg.block_n, SPLIT=split > 1, EVEN_K=_even_k(p), PREFETCH=cfg.prefetch,
+        WARP_N=min(cfg.warp_n, cfg.block_n), EVEN_N=n % cfg.block_n == 0, ROWS_OUTER=tk.ROWS_OUTER,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
@@ -104,7 +106,7 @@ def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
     bias, has_bias = _bias_arg(p, x)
     tk.gemm_kernel[(m_tiles, n_tiles, split)](
         x, p.qweight, p.scales, _zeros_arg(p), bias, out, part, p.counters,
-        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
+        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split, 0,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split > 1, SCALE_AFTER=cfg.scale_after,
         W_FIRST=cfg.w_first, F32_DOT=tk.INTERPRETED, EVEN_K=_even_k(p),
@@ -120,7 +122,7 @@ def dequantize(p: PreparedWeight, dtype: torch.dtype, cfg: KernelConfig | None =
     out = torch.empty(k, n, dtype=dtype, device=p.device)
     num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
     tk.dequant_kernel[(num_blocks, -(-n // cfg.block_n))](
-        p.qweight, p.scales, _zeros_arg(p), out, n, k,
+        p.qweight, p.scales, _zeros_arg(p), out, n, k, 0,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, BLOCK_N=cfg.block_n,
         EVEN_K=_even_k(p), num_warps=cfg.num_warps,
     )

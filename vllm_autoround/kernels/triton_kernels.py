@@ -35,43 +35,61 @@ def _interpreting() -> bool:
 # the kernels run only if TRITON_INTERPRET=1 was set before that (tests/kernels/conftest.py does).
 INTERPRETED = _interpreting()
 _jit = triton.jit
+
+def _rows_outer() -> bool:
+    """Whether the gemv tile puts its R rows before its column repeats ([R, NREP, WARP_N]).
+
+    The gemv kernel wants the lanes left over from the columns to spread over the rows (one row per
+    thread, so one x value serves all of a thread's columns). Triton orders two equally non-contiguous
+    axes by index before 3.7 and by reverse index from 3.7 on (seen compiling for sm_90 with 3.6, 3.7.1,
+    3.8 and 3.9: 3.3 against 4.0 instructions per value), so the axis that should come second is put
+    first or last accordingly.
+    """
+    major, minor = (int(v) for v in triton.__version__.split(".")[:2])
+    return (major, minor) < (3, 7)
+
+
+ROWS_OUTER = _rows_outer()
 # M and the split-K block counts change with every call: one compiled kernel serves them all.
-_jit_runtime_ints = triton.jit(do_not_specialize=["M", "num_blocks", "blocks_per_split", "split_k"])
+_jit_runtime_ints = triton.jit(do_not_specialize=["M", "num_blocks", "blocks_per_split", "split_k", "opaque_zero"])
 
 
 @_jit
-def _field(w, P: tl.constexpr, WIDTH: tl.constexpr, SH: tl.constexpr, zc):
-    """Exact float32 ``field - zc`` for the WIDTH-bit field at bit P of ``w`` (SH: shift if needed)."""
+def _field(w, P: tl.constexpr, WIDTH: tl.constexpr, SH: tl.constexpr, zc, opaque_zero):
+    """Exact float32 ``field - zc`` for the WIDTH-bit field at bit P of ``w`` (SH: shift if needed).
+
+    ``opaque_zero`` is 0 at run time; adding it keeps the exponent in a register (see ``_shifted_field``).
+    """
     if P + WIDTH <= 23:
         pos = P
         fld = w & (((1 << WIDTH) - 1) << P)
     else:
         pos = P - SH
         fld = (w >> SH) & (((1 << WIDTH) - 1) << pos)
-    f = (fld | ((150 - pos) << 23)).to(tl.float32, bitcast=True)
+    f = (fld | (opaque_zero + ((150 - pos) << 23))).to(tl.float32, bitcast=True)
     return f - ((1 << (23 - pos)) + zc)
 
 
 @_jit
-def _decode(wa, wb, wc, zc, J: tl.constexpr, BITS: tl.constexpr):
+def _decode(wa, wb, wc, zc, J: tl.constexpr, BITS: tl.constexpr, opaque_zero):
     """Float32 ``code - zero`` of slice J (see the layout module) from the block's word tiles."""
     if BITS == 3:
         if J < 10:
-            q = _field(wa, 3 * J, 3, 21, zc)
+            q = _field(wa, 3 * J, 3, 21, zc, opaque_zero)
         elif J < 20:
-            q = _field(wb, 3 * (J - 10), 3, 21, zc)
+            q = _field(wb, 3 * (J - 10), 3, 21, zc, opaque_zero)
         elif J < 30:
-            q = _field(wc, 3 * (J - 20), 3, 21, zc)
+            q = _field(wc, 3 * (J - 20), 3, 21, zc, opaque_zero)
         elif J == 30:
             fld = ((wa >> 30) & 3) | ((wb >> 28) & 4)
-            q = (fld | (150 << 23)).to(tl.float32, bitcast=True) - ((1 << 23) + zc)
+            q = (fld | (opaque_zero + (150 << 23))).to(tl.float32, bitcast=True) - ((1 << 23) + zc)
         else:
             fld = ((wb >> 31) & 1) | ((wc >> 29) & 6)
-            q = (fld | (150 << 23)).to(tl.float32, bitcast=True) - ((1 << 23) + zc)
+            q = (fld | (opaque_zero + (150 << 23))).to(tl.float32, bitcast=True) - ((1 << 23) + zc)
     else:
         # Fields 0..D-1 are used in place; the rest after one shift by D*BITS.
         D: tl.constexpr = (23 - BITS) // BITS + 1
-        q = _field(wa, J * BITS, BITS, D * BITS, zc)
+        q = _field(wa, J * BITS, BITS, D * BITS, zc, opaque_zero)
     return q
 
 
@@ -141,82 +159,231 @@ def _mma(a, b, acc, dt: tl.constexpr, F32_DOT: tl.constexpr):
         return tl.dot(a.to(dt), b.to(dt), acc)
 
 
+@_jit
+def _shifted_field(w, P: tl.constexpr, WIDTH: tl.constexpr, TOP: tl.constexpr, opaque_zero):
+    """``(2**(23-pos) + field`` as float32, ``2**(23-pos)``) for the WIDTH-bit field at bit P of ``w``.
+
+    The word is shifted so that the field at bit TOP (the top field of this field's chunk) ends at bit
+    22; fields sharing a chunk share that shift. ``opaque_zero`` is 0 at run time: adding it keeps each
+    exponent constant in a register, so the field costs one LOP3 (the compiler otherwise folds both
+    constants into the instruction and rematerializes one of them for every field).
+    """
+    SHIFT: tl.constexpr = 23 - WIDTH - TOP
+    POS: tl.constexpr = P + SHIFT
+    if SHIFT > 0:
+        src = w << SHIFT
+    elif SHIFT < 0:
+        src = w >> (-SHIFT)
+    else:
+        src = w
+    v = (src & (((1 << WIDTH) - 1) << POS)) | (opaque_zero + ((150 - POS) << 23))
+    return v.to(tl.float32, bitcast=True), (1 << (23 - POS)) * 1.0
+
+
+@_jit
+def _gemv_field(wa, wb, wc, J: tl.constexpr, BITS: tl.constexpr, opaque_zero):
+    """``(magic + code, magic)`` of slice J, for :func:`gemv_kernel` (``magic`` is a power of two ≤ 512).
+
+    Fields are grouped into chunks of 8 // BITS (W3: 3) so that, after one shift per chunk, every field
+    sits in the top mantissa bits: the magic is then small enough to subtract after the dot product
+    (no per-value FADD) without losing float32 precision.
+    """
+    if BITS == 3:
+        JW: tl.constexpr = J % 10
+        TOPJ: tl.constexpr = 9 if JW >= 9 else JW // 3 * 3 + 2
+        if J < 10:
+            v, magic = _shifted_field(wa, 3 * JW, 3, 3 * TOPJ, opaque_zero)
+        elif J < 20:
+            v, magic = _shifted_field(wb, 3 * JW, 3, 3 * TOPJ, opaque_zero)
+        elif J < 30:
+            v, magic = _shifted_field(wc, 3 * JW, 3, 3 * TOPJ, opaque_zero)
+        elif J == 30:  # word A's bits 30-31 and word B's bit 30, placed at bits 20-22
+            fld = ((wa >> 10) & (3 << 20)) | ((wb >> 8) & (4 << 20))
+            v = (fld | (opaque_zero + (130 << 23))).to(tl.float32, bitcast=True)
+            magic = 8.0
+        else:  # word B's bit 31 and word C's bits 30-31
+            fld = ((wb >> 11) & (1 << 20)) | ((wc >> 9) & (6 << 20))
+            v = (fld | (opaque_zero + (130 << 23))).to(tl.float32, bitcast=True)
+            magic = 8.0
+    else:
+        C: tl.constexpr = 8 // BITS
+        v, magic = _shifted_field(wa, BITS * J, BITS, BITS * (J // C * C + C - 1), opaque_zero)
+    return v, magic
+
+
+@_jit
+def _row_x(x_row, k, offs_r, K, EVEN_K: tl.constexpr):
+    """float32 ``x[k + r]`` for the R rows of one slice (zero past K)."""
+    if EVEN_K:
+        return tl.load(x_row + k + offs_r).to(tl.float32)
+    return tl.load(x_row + k + offs_r, mask=(k + offs_r) < K, other=0).to(tl.float32)
+
+
+@_jit
+def _col_params(s_ptr, z_ptr, g, k, K, offs_s, s_mask, N, ZERO: tl.constexpr, EVEN_K: tl.constexpr,
+                EVEN_N: tl.constexpr):
+    """float32 scales and zero points of group ``g`` (which starts at ``k``; zero past K) in the word
+    tile's layout; with one shared zero point the second value is just the scales again (unused)."""
+    if EVEN_K:
+        if EVEN_N:
+            s = tl.load(s_ptr + g * N + offs_s).to(tl.float32)
+        else:
+            s = tl.load(s_ptr + g * N + offs_s, mask=s_mask, other=0).to(tl.float32)
+    else:
+        mask = s_mask & ((offs_s * 0 + k) < K)
+        s = tl.load(s_ptr + g * N + offs_s, mask=mask, other=0).to(tl.float32)
+    zc = s
+    if ZERO < 0:
+        if EVEN_K:
+            if EVEN_N:
+                zc = tl.load(z_ptr + g * N + offs_s).to(tl.float32)
+            else:
+                zc = tl.load(z_ptr + g * N + offs_s, mask=s_mask, other=0).to(tl.float32)
+        else:
+            zc = tl.load(z_ptr + g * N + offs_s, mask=mask, other=0).to(tl.float32)
+    return s, zc
+
+
+@_jit
+def _gemv_words(w_ptrs, b, N, n_mask, R: tl.constexpr, ROWS: tl.constexpr, BITS: tl.constexpr,
+                EVEN_N: tl.constexpr):
+    """The word tiles (A, and B, C for 3 bits) of block ``b``."""
+    base = w_ptrs + b * ROWS * N
+    if EVEN_N:
+        wa = tl.load(base)
+    else:
+        wa = tl.load(base, mask=n_mask, other=0)
+    if BITS == 3:
+        if EVEN_N:
+            wb = tl.load(base + R * N)
+            wc = tl.load(base + 2 * R * N)
+        else:
+            wb = tl.load(base + R * N, mask=n_mask, other=0)
+            wc = tl.load(base + 2 * R * N, mask=n_mask, other=0)
+    else:
+        wb = wa
+        wc = wa
+    return wa, wb, wc
+
+
+@_jit
+def _as_rows(v, ROWS_OUTER: tl.constexpr):
+    """An ``[R]`` vector along the row axis of the 3-D gemv tile."""
+    if ROWS_OUTER:
+        out = v[:, None, None]
+    else:
+        out = v[None, :, None]
+    return out
+
+
+@_jit
+def _as_reps(v, ROWS_OUTER: tl.constexpr):
+    """An ``[BLOCK_N / WARP_N]`` vector along the repeat axis of the 3-D gemv tile."""
+    if ROWS_OUTER:
+        out = v[None, :, None]
+    else:
+        out = v[:, None, None]
+    return out
+
+
 @_jit_runtime_ints
 def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
-                M, N, K, stride_xm, stride_om, num_blocks, blocks_per_split, split_k,
+                M, N, K, stride_xm, stride_om, num_blocks, blocks_per_split, split_k, opaque_zero,
                 BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                PREFETCH: tl.constexpr):
-    """One activation row per program (axis 2); ``[R, BLOCK_N]`` partial dots reduced at the end.
+                PREFETCH: tl.constexpr, WARP_N: tl.constexpr, EVEN_N: tl.constexpr, ROWS_OUTER: tl.constexpr):
+    """One activation row per program (axis 2); CUDA-core FMAs over 3-D word tiles of R rows, BLOCK_N / WARP_N
+    repeats and WARP_N columns (rows first when ROWS_OUTER, see ``ROWS_OUTER`` above).
 
-    PREFETCH: issue the next block's loads before decoding this one (the loop's loads are not
-    software-pipelined by Triton because they feed no ``tl.dot``). EVEN_K: K is whole blocks.
+    Layout: WARP_N columns span the lanes of a warp (4 words per lane), the rest of the warp and the
+    warps spread over the R rows, and BLOCK_N / WARP_N repeats give each thread more columns: with
+    WARP_N = 32 and 4 warps a thread holds one row, so one x value serves all its columns.
+    Per weight value: one LOP3 and one FMA, plus one shift per chunk (see ``_gemv_field``). Each
+    segment (a group, or a K block) starts its partial sums at ``-sum x * (magic + zero)`` and is
+    scaled when it ends. PREFETCH: load the next block's words before decoding this one.
+    EVEN_K / EVEN_N: K is whole blocks / N is whole tiles (no masks).
     """
     NS: tl.constexpr = 32 if BITS == 3 else 32 // BITS
     ROWS: tl.constexpr = 3 * R if BITS == 3 else R
     BK: tl.constexpr = R * NS
+    NREP: tl.constexpr = BLOCK_N // WARP_N
+    SEG: tl.constexpr = GS // R if (GS > 0 and GS < BK) else NS  # slices per segment
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
+    offs_w = tl.arange(0, WARP_N)
     offs_r = tl.arange(0, R)
+    tile_n = pid_n * BLOCK_N + _as_reps(tl.arange(0, NREP), ROWS_OUTER) * WARP_N
+    offs_n = tile_n + offs_w[None, None, :]
+    n_mask = offs_n < N
+    # the same columns, written with contiguity 4 and broadcast over rows: 16-bit scale loads then get
+    # the word tile's layout instead of a trip through shared memory
+    offs_s = tile_n + ((offs_w // 4) * 4 + offs_w % 4)[None, None, :] + _as_rows(offs_r, ROWS_OUTER) * 0
+    s_mask = offs_s < N
     x_row = x_ptr + m * stride_xm
-    acc = tl.zeros([R, BLOCK_N], dtype=tl.float32)
+    if ROWS_OUTER:
+        acc = tl.zeros([R, NREP, WARP_N], dtype=tl.float32)
+    else:
+        acc = tl.zeros([NREP, R, WARP_N], dtype=tl.float32)
     if GS == 0:
-        s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+        s, zc = _col_params(s_ptr, z_ptr, 0, 0, K, offs_s, s_mask, N, ZERO, EVEN_K, EVEN_N)
     b_start = pid_k * blocks_per_split
     b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
-    w_ptrs = w_ptr + offs_r[:, None] * N + offs_n[None, :]
-    w_mask = n_mask[None, :]
+    w_ptrs = (w_ptr + _as_rows(offs_r, ROWS_OUTER) * N + offs_n).to(tl.pointer_type(tl.uint32))
     if PREFETCH:
-        wa, wb0, wc0 = _load_block(w_ptrs, b_start, N, w_mask, R, ROWS, BITS)
-        if BITS == 3:  # only 3-bit carries three tiles through the loop
+        wa, wb0, wc0 = _gemv_words(w_ptrs, b_start, N, n_mask, R, ROWS, BITS, EVEN_N)
+        if BITS == 3:
             wb = wb0
             wc = wc0
     for b in range(b_start, b_end):
         k0 = b * BK
         if PREFETCH:
-            na, nb, nc = _load_block(w_ptrs, tl.minimum(b + 1, b_end - 1), N, w_mask, R, ROWS, BITS)
+            na, nb, nc = _gemv_words(w_ptrs, tl.minimum(b + 1, b_end - 1), N, n_mask, R, ROWS, BITS, EVEN_N)
         else:
-            wa, wb, wc = _load_block(w_ptrs, b, N, w_mask, R, ROWS, BITS)
+            wa, wb, wc = _gemv_words(w_ptrs, b, N, n_mask, R, ROWS, BITS, EVEN_N)
         if BITS != 3:
             wb = wa
             wc = wa
-        part = tl.zeros([R, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(NS):
-            kj = k0 + j * R
-            if GS != 0:
-                if (j * R) % GS == 0:
-                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
-            q = _decode(wa, wb, wc, zc[None, :], j, BITS)
-            if EVEN_K:
-                xj = tl.load(x_row + kj + offs_r).to(tl.float32)
-            else:
-                xj = tl.load(x_row + kj + offs_r, mask=(kj + offs_r) < K, other=0).to(tl.float32)
-            part += xj[:, None] * q
-            if GS != 0:
-                if ((j + 1) * R) % GS == 0 or j == NS - 1:
-                    acc += part * s[None, :]
-                    part = tl.zeros([R, BLOCK_N], dtype=tl.float32)
-        if GS == 0:
-            acc += part
+            if j % SEG == 0:
+                if GS != 0:
+                    s, zc = _col_params(s_ptr, z_ptr, (k0 + j * R) // GS, k0 + j * R, K, offs_s, s_mask, N, ZERO,
+                                        EVEN_K, EVEN_N)
+                x_magic = tl.zeros([R], dtype=tl.float32)
+                x_sum = tl.zeros([R], dtype=tl.float32)
+                for jj in tl.static_range(j, j + SEG):  # the same x loads as below: the compiler merges them
+                    xs = _row_x(x_row, k0 + jj * R, offs_r, K, EVEN_K)
+                    _, magic = _gemv_field(wa, wb, wc, jj, BITS, opaque_zero)
+                    x_magic += xs * magic
+                    x_sum += xs
+                if ZERO >= 0:
+                    part = tl.zeros_like(acc) - _as_rows(x_magic + x_sum * ZERO, ROWS_OUTER)
+                else:
+                    part = -(_as_rows(x_magic, ROWS_OUTER) + _as_rows(x_sum, ROWS_OUTER) * zc)
+            v, _ = _gemv_field(wa, wb, wc, j, BITS, opaque_zero)
+            part += _as_rows(_row_x(x_row, k0 + j * R, offs_r, K, EVEN_K), ROWS_OUTER) * v
+            if j % SEG == SEG - 1:
+                if GS != 0:
+                    acc += part * s
+                else:
+                    acc += part
         if PREFETCH:
             wa = na
             if BITS == 3:
                 wb = nb
                 wc = nc
-    y = tl.sum(acc, axis=0)
     if GS == 0:
-        y = y * s
+        acc = acc * s
+    y = tl.reshape(tl.sum(acc, axis=0 if ROWS_OUTER else 1), [BLOCK_N])
     offs_m = m + tl.arange(0, 1)
-    _finish(y[None, :], offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr,
+    offs_y = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    _finish(y[None, :], offs_m, offs_y, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr,
             m * tl.num_programs(0) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT)
 
 
 @_jit_runtime_ints
 def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
-                M, N, K, stride_xm, stride_om, num_blocks, blocks_per_split, split_k,
+                M, N, K, stride_xm, stride_om, num_blocks, blocks_per_split, split_k, opaque_zero,
                 BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
                 HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 SPLIT: tl.constexpr, SCALE_AFTER: tl.constexpr, W_FIRST: tl.constexpr,
@@ -282,7 +449,7 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             if W_FIRST:
                 xj = tl.load(x_ptr + offs_m[None, :] * stride_xm + kk[:, None],
                              mask=m_mask[None, :] & k_mask[:, None], other=0)
-                q = _decode(wa, wb, wc, zc[:, None], j, BITS)
+                q = _decode(wa, wb, wc, zc[:, None], j, BITS, opaque_zero)
                 if SCALE_AFTER:
                     if GS != 0:
                         accg = _mma(q, xj, accg, dt, F32_DOT)
@@ -293,7 +460,7 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             else:
                 xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
                              mask=m_mask[:, None] & k_mask[None, :], other=0)
-                q = _decode(wa, wb, wc, zc[None, :], j, BITS)
+                q = _decode(wa, wb, wc, zc[None, :], j, BITS, opaque_zero)
                 if SCALE_AFTER:
                     if GS != 0:
                         accg = _mma(xj, q, accg, dt, F32_DOT)
@@ -326,8 +493,8 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             pid_m * tl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT)
 
 
-@_jit
-def dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K,
+@_jit_runtime_ints
+def dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, opaque_zero,
                    BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
                    BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
     """``out[K, N] = (code - zero) * scale`` in ``out``'s dtype; one block of K per program row."""
@@ -356,7 +523,7 @@ def dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K,
         else:
             if (j * R) % GS == 0:
                 s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
-        q = _decode(wa, wb, wc, zc[None, :], j, BITS)
+        q = _decode(wa, wb, wc, zc[None, :], j, BITS, opaque_zero)
         kk = kj + offs_r
         tl.store(out_ptr + kk[:, None] * N + offs_n[None, :], (q * s[None, :]).to(out_ptr.dtype.element_ty),
                  mask=(kk < K)[:, None] & n_mask[None, :])

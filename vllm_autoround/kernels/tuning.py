@@ -30,8 +30,9 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1]
 
 
-def _gemv(block_n: int, waves: float, warps: int = 4, prefetch: bool = True) -> KernelConfig:
-    return KernelConfig("gemv", block_n=block_n, waves=waves, num_warps=warps, num_stages=2, prefetch=prefetch)
+def _gemv(block_n: int, waves: float, warps: int = 4, prefetch: bool = True, warp_n: int = 32) -> KernelConfig:
+    return KernelConfig("gemv", block_n=block_n, warp_n=warp_n, waves=waves, num_warps=warps, num_stages=2,
+                        prefetch=prefetch)
 
 
 def _gemm(block_m: int, block_n: int, waves: float, warps: int = 4, stages: int = 3, w_first: bool = False,
@@ -47,8 +48,9 @@ LARGE_TILE = _gemm(128, 256, 0, warps=8, scale_after=False)
 def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
     """The configuration used when not tuning: the fastest measured on an H100 (docs/kernels.md)."""
     if mb == 1:
-        # BN128 vs BN256 (both 8 waves, 4 warps), H100: up to 9% faster on W2/W4 shapes, a tie (0.2%) on W8.
-        return _gemv(128, 8, prefetch=False)
+        # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
+        # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
+        return _gemv(128, 4, prefetch=bits != 3)
     if mb <= 16:
         return _gemm(16, 128, 4, w_first=True)
     if mb <= 32:
@@ -62,9 +64,9 @@ def candidates(mb: int, n: int, k: int, bits: int) -> list[KernelConfig]:
     """What the autotuner times for one M bucket (the default first)."""
     out = [default_config(mb, n, k, bits)]
     if mb <= 4:
-        out += [_gemv(bn, w, warps, prefetch=False) for bn, w, warps in (
-            (128, 4, 4), (128, 16, 4), (64, 8, 2), (256, 8, 4), (256, 2, 4))]
-        out += [_gemv(bn, w, warps) for bn, w, warps in ((256, 8, 4), (128, 8, 8))]
+        out += [_gemv(bn, w, warps, prefetch=pf, warp_n=wn) for bn, wn, w, warps, pf in (
+            (128, 32, 4, 4, False), (128, 32, 3, 4, True), (128, 32, 6, 4, False), (128, 32, 8, 4, False),
+            (64, 32, 6, 2, True), (64, 32, 8, 2, True), (128, 64, 4, 4, True))]
     if 1 < mb <= 16:
         out += [_gemm(16, bn, w, w_first=wf, prefetch=pf) for bn, w, wf, pf in (
             (128, 4, True, True), (128, 2, True, False), (128, 2, True, True), (128, 2, False, False),
