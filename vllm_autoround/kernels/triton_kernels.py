@@ -136,13 +136,24 @@ def _group_params(s_ptr, z_ptr, g, kj, offs_n, n_mask, N, K, ZERO: tl.constexpr,
 
 
 @_jit
-def _load_block(w_ptrs, b, N, w_mask, R: tl.constexpr, ROWS: tl.constexpr, BITS: tl.constexpr):
+def _load_words(ptrs, mask, WHOLE: tl.constexpr):
+    """Values at ``ptrs``; masked (zero outside ``mask``) unless the tile is whole."""
+    if WHOLE:
+        words = tl.load(ptrs)
+    else:
+        words = tl.load(ptrs, mask=mask, other=0)
+    return words
+
+
+@_jit
+def _load_block(w_ptrs, b, N, w_mask, R: tl.constexpr, ROWS: tl.constexpr, BITS: tl.constexpr,
+                EVEN_N: tl.constexpr = False):
     """The word tiles (A, and B, C for 3 bits) of block ``b``; ``w_ptrs`` points at block 0."""
     base = w_ptrs + b * ROWS * N
-    wa = tl.load(base, mask=w_mask, other=0)
+    wa = _load_words(base, w_mask, EVEN_N)
     if BITS == 3:
-        wb = tl.load(base + R * N, mask=w_mask, other=0)
-        wc = tl.load(base + 2 * R * N, mask=w_mask, other=0)
+        wb = _load_words(base + R * N, w_mask, EVEN_N)
+        wc = _load_words(base + 2 * R * N, w_mask, EVEN_N)
     else:
         wb = wa
         wc = wa
@@ -224,46 +235,16 @@ def _col_params(s_ptr, z_ptr, g, k, K, offs_s, s_mask, N, ZERO: tl.constexpr, EV
                 EVEN_N: tl.constexpr):
     """float32 scales and zero points of group ``g`` (which starts at ``k``; zero past K) in the word
     tile's layout; with one shared zero point the second value is just the scales again (unused)."""
+    WHOLE: tl.constexpr = EVEN_K and EVEN_N
     if EVEN_K:
-        if EVEN_N:
-            s = tl.load(s_ptr + g * N + offs_s).to(tl.float32)
-        else:
-            s = tl.load(s_ptr + g * N + offs_s, mask=s_mask, other=0).to(tl.float32)
+        mask = s_mask
     else:
         mask = s_mask & ((offs_s * 0 + k) < K)
-        s = tl.load(s_ptr + g * N + offs_s, mask=mask, other=0).to(tl.float32)
+    s = _load_words(s_ptr + g * N + offs_s, mask, WHOLE).to(tl.float32)
     zc = s
     if ZERO < 0:
-        if EVEN_K:
-            if EVEN_N:
-                zc = tl.load(z_ptr + g * N + offs_s).to(tl.float32)
-            else:
-                zc = tl.load(z_ptr + g * N + offs_s, mask=s_mask, other=0).to(tl.float32)
-        else:
-            zc = tl.load(z_ptr + g * N + offs_s, mask=mask, other=0).to(tl.float32)
+        zc = _load_words(z_ptr + g * N + offs_s, mask, WHOLE).to(tl.float32)
     return s, zc
-
-
-@_jit
-def _gemv_words(w_ptrs, b, N, n_mask, R: tl.constexpr, ROWS: tl.constexpr, BITS: tl.constexpr,
-                EVEN_N: tl.constexpr):
-    """The word tiles (A, and B, C for 3 bits) of block ``b``."""
-    base = w_ptrs + b * ROWS * N
-    if EVEN_N:
-        wa = tl.load(base)
-    else:
-        wa = tl.load(base, mask=n_mask, other=0)
-    if BITS == 3:
-        if EVEN_N:
-            wb = tl.load(base + R * N)
-            wc = tl.load(base + 2 * R * N)
-        else:
-            wb = tl.load(base + R * N, mask=n_mask, other=0)
-            wc = tl.load(base + 2 * R * N, mask=n_mask, other=0)
-    else:
-        wb = wa
-        wc = wa
-    return wa, wb, wc
 
 
 @_jit
@@ -331,16 +312,16 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
     w_ptrs = (w_ptr + _as_rows(offs_r, ROWS_OUTER) * N + offs_n).to(tl.pointer_type(tl.uint32))
     if PREFETCH:
-        wa, wb0, wc0 = _gemv_words(w_ptrs, b_start, N, n_mask, R, ROWS, BITS, EVEN_N)
+        wa, wb0, wc0 = _load_block(w_ptrs, b_start, N, n_mask, R, ROWS, BITS, EVEN_N)
         if BITS == 3:
             wb = wb0
             wc = wc0
     for b in range(b_start, b_end):
         k0 = b * BK
         if PREFETCH:
-            na, nb, nc = _gemv_words(w_ptrs, tl.minimum(b + 1, b_end - 1), N, n_mask, R, ROWS, BITS, EVEN_N)
+            na, nb, nc = _load_block(w_ptrs, tl.minimum(b + 1, b_end - 1), N, n_mask, R, ROWS, BITS, EVEN_N)
         else:
-            wa, wb, wc = _gemv_words(w_ptrs, b, N, n_mask, R, ROWS, BITS, EVEN_N)
+            wa, wb, wc = _load_block(w_ptrs, b, N, n_mask, R, ROWS, BITS, EVEN_N)
         if BITS != 3:
             wb = wa
             wc = wa
