@@ -132,12 +132,15 @@ def probe_shape(bits: int, group_size: int, sym: bool, k: int, n: int, tk_old=No
 
 
 def run_for_ncu() -> None:
+    """Three launches each of the M=1 default and of a 2-warp tiling, W4 g128 4096x14336, for a profiler."""
+    from vllm_autoround.kernels.tuning import default_config
+
     ckpt = random_checkpoint(4, 128, True, 4096, 14336)
     p = prepare_weight(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"], bits=4, group_size=128,
                        zero_point_offset=ckpt["zero_point_offset"])
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    for block_n, waves, warps in ((128, 8, 4), (256, 8, 4)):
-        cfg = KernelConfig("gemv", block_n=block_n, waves=waves, num_warps=warps)
+    for cfg in (default_config(1, 14336, 4096, 4), KernelConfig("gemv", block_n=64, waves=6, num_warps=2,
+                                                                  prefetch=True)):
         for _ in range(3):
             run(x, p, cfg)
     torch.cuda.synchronize()
