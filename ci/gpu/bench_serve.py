@@ -131,15 +131,15 @@ def run_one(work: Path, name: str) -> dict:
     return result
 
 
+def first_divergences(a: list[list[int]], b: list[list[int]]) -> list[int]:
+    """For each prompt, how many greedy tokens match before the two sequences first differ."""
+    return [next((i for i, (p, q) in enumerate(zip(x, y, strict=True)) if p != q), len(x))
+            for x, y in zip(a, b, strict=True)]
+
+
 def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     """Share of greedy tokens that match before the first divergence of each prompt."""
-    matched = 0
-    for x, y in zip(a, b, strict=True):
-        for p, q in zip(x, y, strict=True):
-            if p != q:
-                break
-            matched += 1
-    return matched / (AGREE_PROMPTS * AGREE_TOKENS)
+    return sum(first_divergences(a, b)) / sum(len(x) for x in a)
 
 
 def report(results_dir: Path) -> str:

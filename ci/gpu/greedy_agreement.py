@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import AGREE_PROMPTS, AGREE_TOKENS, agreement  # noqa: E402
+from bench_serve import AGREE_PROMPTS, AGREE_TOKENS, agreement, first_divergences  # noqa: E402
 
 PROMPT_LEN = 128
 LOADERS = {"ours": "auto_round", "builtin": None}
@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, __file__, *(argv or sys.argv[1:]), "--loader", loader], check=True)
     ours, builtin = (json.loads((work / f"{name}.json").read_text()) for name in LOADERS)
     same = sum(x == y for o, b in zip(ours, builtin, strict=True) for x, y in zip(o, b, strict=True))
-    firsts = [next((i for i, (x, y) in enumerate(zip(o, b, strict=True)) if x != y), AGREE_TOKENS)
-              for o, b in zip(ours, builtin, strict=True)]
+    firsts = first_divergences(ours, builtin)
     print(f"W{a.bits} g{a.group_size}, {AGREE_PROMPTS} held-out prompts x {AGREE_TOKENS} greedy tokens: "
           f"agreement before first divergence {agreement(ours, builtin):.1%}, same token at the same "
           f"position {same / (AGREE_PROMPTS * AGREE_TOKENS):.1%}; first divergence at {firsts}")

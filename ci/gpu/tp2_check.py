@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import build_model, prompts  # noqa: E402
+from bench_serve import agreement, build_model, first_divergences, prompts  # noqa: E402
 
 PROMPTS, TOKENS = 8, 32
 
@@ -49,14 +49,6 @@ def run_one(ckpt: Path, tp: int) -> dict:
             "top5": [{str(t): lp.logprob for t, lp in o.outputs[0].logprobs[0].items()} for o in first]}
 
 
-def first_divergence_share(a: list[list[int]], b: list[list[int]]) -> tuple[float, list[int]]:
-    firsts = []
-    for x, y in zip(a, b, strict=True):
-        n = next((i for i, (p, q) in enumerate(zip(x, y, strict=True)) if p != q), len(x))
-        firsts.append(n)
-    return sum(firsts) / (len(a) * len(a[0])), firsts
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="/tmp/tp2")
@@ -76,7 +68,7 @@ def main() -> int:
         subprocess.run([sys.executable, __file__, "--work", str(work), "--one", str(tp)], check=True,
                        env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
     r1, r2 = (json.loads((work / f"tp{tp}.json").read_text()) for tp in (1, 2))
-    share, firsts = first_divergence_share(r1["greedy"], r2["greedy"])
+    share, firsts = agreement(r1["greedy"], r2["greedy"]), first_divergences(r1["greedy"], r2["greedy"])
     diffs = [abs(a[t] - b[t]) for a, b in zip(r1["top5"], r2["top5"], strict=True) for t in a if t in b]
     same_top1 = sum(max(a, key=a.get) == max(b, key=b.get) for a, b in zip(r1["top5"], r2["top5"], strict=True))
     lines = ["| TP | startup s | batch-1 tok/s (129 tokens incl. prefill) |", "| --- | --- | --- |"]

@@ -36,6 +36,7 @@ def _interpreting() -> bool:
 INTERPRETED = _interpreting()
 _jit = triton.jit
 
+
 def _rows_outer() -> bool:
     """Whether the gemv tile puts its R rows before its column repeats ([R, NREP, WARP_N]).
 
@@ -225,9 +226,7 @@ def _gemv_field(wa, wb, wc, J: tl.constexpr, BITS: tl.constexpr, opaque_zero):
 @_jit
 def _row_x(x_row, k, offs_r, K, EVEN_K: tl.constexpr):
     """float32 ``x[k + r]`` for the R rows of one slice (zero past K)."""
-    if EVEN_K:
-        return tl.load(x_row + k + offs_r).to(tl.float32)
-    return tl.load(x_row + k + offs_r, mask=(k + offs_r) < K, other=0).to(tl.float32)
+    return _load_words(x_row + k + offs_r, (k + offs_r) < K, EVEN_K).to(tl.float32)
 
 
 @_jit
