@@ -45,8 +45,8 @@ MS = [1, 16, 64, 256, 1024, 4096]
 # (name, bits, group_size, sym, M values, compare with vLLM)
 SCHEMES = [
     ("W4 g128 sym", 4, 128, True, MS, True),
-    ("W2 g64 sym", 2, 64, True, [1, 16], False),
-    ("W3 g64 sym", 3, 64, True, [1, 16], False),
+    ("W2 g64 sym", 2, 64, True, [1, 16, 64, 256], False),
+    ("W3 g64 sym", 3, 64, True, [1, 16, 64, 256], False),
     ("W4 g128 asym", 4, 128, False, MS, True),
     ("W8 g128 sym", 8, 128, True, MS, True),
 ]

@@ -46,17 +46,25 @@ LARGE_TILE = _gemm(128, 256, 0, warps=8, scale_after=False)
 
 
 def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
-    """The configuration used when not tuning: the fastest measured on an H100 (docs/kernels.md)."""
+    """The configuration used when not tuning: the fastest measured on an H100 (docs/kernels.md).
+
+    Every default must fit in shared memory for its bit width: it is what runs under CUDA-graph capture.
+    """
     if mb == 1:
         # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
         # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
         return _gemv(128, 4, prefetch=bits != 3)
+    # H100 sweep (ci/gpu/probe_gemm.py, docs/kernels.md): 2- and 3-bit decode more slices per word, so
+    # narrower tiles win and dequantize + cuBLAS takes over at a smaller M; 3-bit's three word tiles do not
+    # fit a 64 x 128 tile's pipeline in shared memory at all.
+    if bits == 3:
+        return _gemm(16, 64, 4, w_first=True) if mb <= 32 else DEQUANT
     if mb <= 16:
-        return _gemm(16, 128, 4, w_first=True)
+        return _gemm(16, 64 if bits == 2 else 128, 4, w_first=True)
     if mb <= 32:
-        return _gemm(32, 128, 1, w_first=True)
-    if mb <= 128:
-        return _gemm(64, 128, 2)
+        return _gemm(16, 128, 4, warps=2, w_first=True) if bits == 2 else _gemm(64, 128, 2)
+    if mb <= 64 or (mb <= 128 and bits != 2):
+        return _gemm(64, 64 if bits == 2 else 128, 2)
     return DEQUANT
 
 
@@ -69,13 +77,17 @@ def candidates(mb: int, n: int, k: int, bits: int) -> list[KernelConfig]:
             (64, 32, 6, 2, True), (64, 32, 8, 2, True), (128, 64, 4, 4, True))]
     if 1 < mb <= 16:
         out += [_gemm(16, bn, w, w_first=wf, prefetch=pf) for bn, w, wf, pf in (
-            (128, 4, True, True), (128, 2, True, False), (128, 2, True, True), (128, 2, False, False),
-            (64, 2, False, True))]
+            (128, 4, True, False), (64, 4, True, False), (128, 4, True, True), (128, 2, True, False),
+            (128, 2, True, True), (128, 2, False, False), (64, 2, False, True))]
+        out.append(_gemm(16, 128, 4, warps=2, w_first=True))
     elif 16 < mb <= 128:
         out += [_gemm(bm, 128, w, w_first=wf, prefetch=pf) for bm, w, wf in ((32, 1, True), (64, 2, False))
                 if bm <= mb for pf in (False, True)]
+        out += [_gemm(16, 128, 4, warps=2, w_first=True), _gemm(16, 64, 4, w_first=True), _gemm(64, 64, 2)]
     if mb >= 128:
-        out += [LARGE_TILE, DEQUANT]
+        out.append(LARGE_TILE)
+    if mb >= 64:
+        out.append(DEQUANT)
     seen: list[KernelConfig] = []
     for c in out:
         if c not in seen:
