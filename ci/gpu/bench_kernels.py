@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kernel_common import (  # noqa: E402
     copies_for,
+    dense_copies,
     random_checkpoint,
     reference_weight,
     rel_err,
@@ -202,7 +203,7 @@ def main():
     x_all = torch.randn(max(MS), max(k for k, _ in shapes), device=DEV, dtype=torch.bfloat16)
     bf16 = {}
     for k, n in shapes:
-        w16 = [torch.randn(n, k, device=DEV, dtype=torch.bfloat16) * 0.02 for _ in range(copies_for(2 * k * n))]
+        w16 = dense_copies(n, k, DEV)
         for m in MS:
             x = x_all[:m, :k]
             bf16[k, n, m] = timer([lambda w=w, x=x: torch.nn.functional.linear(x, w) for w in w16], **_reps(m, k, n))

@@ -61,6 +61,21 @@ def copies_for(nbytes: int, factor: float = 3.0) -> int:
     return max(2, math.ceil(factor * L2_BYTES / max(nbytes, 1)))
 
 
+def dense_copies(n: int, k: int, device: str = "cuda") -> list[torch.Tensor]:
+    """bf16 ``[n, k]`` weights (std 0.02), enough copies that timing ``F.linear`` over them streams past L2."""
+    return [torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02 for _ in range(copies_for(2 * k * n))]
+
+
+def prepared_copies(ckpt: dict, nbytes: int) -> list:
+    """Repacked copies of one checkpoint (scales copied too, so no copy shares L2-resident bytes), enough
+    that cycling through them streams ``nbytes`` per copy past L2."""
+    from vllm_autoround.kernels.layout import prepare_weight
+
+    return [prepare_weight(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"].clone(), bits=ckpt["bits"],
+                           group_size=ckpt["group_size"], zero_point_offset=ckpt["zero_point_offset"])
+            for _ in range(copies_for(nbytes))]
+
+
 def time_graph(fns: list, reps: int = 25, min_calls: int = 24) -> float:
     """Median µs per call: a CUDA graph replays calls cycling through ``fns`` (rotated weights)."""
     for f in fns:

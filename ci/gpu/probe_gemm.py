@@ -22,10 +22,17 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernel_common import copies_for, random_checkpoint, reference_out, rel_err, time_graph, weight_bytes  # noqa: E402
+from kernel_common import (  # noqa: E402
+    dense_copies,
+    prepared_copies,
+    random_checkpoint,
+    reference_out,
+    rel_err,
+    time_graph,
+    weight_bytes,
+)
 
 from vllm_autoround.kernels.launch import KernelConfig, run  # noqa: E402
-from vllm_autoround.kernels.layout import prepare_weight  # noqa: E402
 from vllm_autoround.kernels.tuning import DEQUANT, _gemm, default_config, m_bucket  # noqa: E402
 
 # (bits, group size, sym, K, N)
@@ -48,14 +55,11 @@ def config_name(cfg: KernelConfig) -> str:
 def probe_shape(bits: int, gs: int, sym: bool, k: int, n: int, m: int, tilings) -> list[dict]:
     ck = random_checkpoint(bits, gs, sym, k, n)
     nbytes = weight_bytes(bits, gs, k, n, sym)
-    copies = copies_for(nbytes)
-    preps = [prepare_weight(ck["qweight"].clone(), ck["qzeros"].clone(), ck["scales"].clone(), bits=bits,
-                            group_size=gs, zero_point_offset=ck["zero_point_offset"]) for _ in range(copies)]
+    preps = prepared_copies(ck, nbytes)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     ref = reference_out(x, ck)
     label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
-    dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
-             for _ in range(copies_for(n * k * 2, 1.5))]
+    dense = dense_copies(n, k)
     rows = [{"shape": label, "kernel": "bf16 F.linear", "us": time_graph([lambda w=w: F.linear(x, w) for w in dense])}]
     del dense
     cfgs = [("default", default_config(m_bucket(m), n, k, bits))]

@@ -29,7 +29,15 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernel_common import copies_for, random_checkpoint, reference_out, rel_err, time_graph, weight_bytes  # noqa: E402
+from kernel_common import (  # noqa: E402
+    dense_copies,
+    prepared_copies,
+    random_checkpoint,
+    reference_out,
+    rel_err,
+    time_graph,
+    weight_bytes,
+)
 
 from vllm_autoround.kernels.launch import KernelConfig, _split, run  # noqa: E402
 from vllm_autoround.kernels.layout import INTERLEAVE, block_k, prepare_weight  # noqa: E402
@@ -89,12 +97,10 @@ def probe_shape(bits: int, group_size: int, sym: bool, k: int, n: int, tk_old=No
     shape = f"W{bits} g{group_size} {'sym' if sym else 'asym'} {k}x{n}"
     ckpt = random_checkpoint(bits, group_size, sym, k, n)
     nbytes = weight_bytes(bits, group_size, k, n, sym)
-    copies = [prepare_weight(ckpt["qweight"].clone(), ckpt["qzeros"], ckpt["scales"].clone(), bits=bits,
-                             group_size=group_size, zero_point_offset=ckpt["zero_point_offset"])
-              for _ in range(copies_for(nbytes))]
+    copies = prepared_copies(ckpt, nbytes)
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     ref = reference_out(x.float(), ckpt)
-    dense = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies_for(n * k * 2))]
+    dense = dense_copies(n, k)
     rows = [{"shape": shape, "what": "bf16 F.linear",
              "us": time_graph([lambda w=w: torch.nn.functional.linear(x, w) for w in dense])}]
     rows[-1]["tb_s"] = n * k * 2 / rows[-1]["us"] / 1e6

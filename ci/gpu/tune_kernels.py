@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kernel_common import (  # noqa: E402
     copies_for,
+    dense_copies,
     random_checkpoint,
     reference_out,
     rel_err,
@@ -135,7 +136,7 @@ def time_variants(log, deadline):
                 print("deadline: timing stopped", flush=True)
                 return results
             x_all = torch.randn(max(stage), k, device="cuda", dtype=torch.bfloat16)
-            w16 = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies_for(2 * k * n))]
+            w16 = dense_copies(n, k)
             for m in stage:
                 us = time_graph([lambda w=w, x=x_all[:m]: torch.nn.functional.linear(x, w) for w in w16])
                 rec = dict(phase="time", kind="bf16", k=k, n=n, m=m, us=us)
