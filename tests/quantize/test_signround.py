@@ -146,3 +146,47 @@ def test_bad_dataset_is_a_one_line_error(toy_llama, tmp_path, capsys):
     assert rc == 2
     assert "missing.jsonl: calibration dataset not found" in capsys.readouterr().err
     assert not (tmp_path / "x.partial").exists() and not (tmp_path / "x").exists()
+
+
+def test_finished_blocks_are_freed_before_the_next_is_tuned(toy_llama, tmp_path, monkeypatch):
+    """No finished block may stay reachable through the tuner, and a block or tuned layer that something
+    else keeps alive (a compile cache, say) must hold no tensors: on a GPU every finished block's weights
+    would otherwise pile up, one block's worth per block (the model's layer list used to hold them)."""
+    import gc
+    import weakref
+
+    from vllm_autoround.quantize import signround
+    from vllm_autoround.quantize.tuned_linear import TunedLinear
+
+    finished: list[weakref.ref] = []
+    alive_when_tuning: list[list[bool]] = []
+    kept: list[torch.nn.Module] = []  # strong references, as a compile cache might hold
+    block_params: list[torch.Tensor] = []  # the blocks' Parameter objects (they do not keep a block alive)
+    tune, tuned_init = signround.BlockTuner.tune, TunedLinear.__init__
+
+    def spy_tune(self, block, *args, **kwargs):
+        gc.collect()
+        alive_when_tuning.append([ref() is not None for ref in finished])
+        finished.append(weakref.ref(block))
+        block_params.extend(block.parameters())
+        result = tune(self, block, *args, **kwargs)
+        finished.extend(weakref.ref(t) for params in result.params.values() for t in params.values())
+        return result
+
+    def spy_init(self, *args, **kwargs):
+        tuned_init(self, *args, **kwargs)
+        kept.append(self)
+
+    monkeypatch.setattr(signround.BlockTuner, "tune", spy_tune)
+    monkeypatch.setattr(TunedLinear, "__init__", spy_init)
+    quantize_cli(toy_llama, tmp_path / "q", "--bits", "4", "--group_size", "32", "--iters", "2",
+                 "--nsamples", "2", "--seqlen", "16", "--batch_size", "2")
+    blocks = json.loads((toy_llama / "config.json").read_text())["num_hidden_layers"]
+    assert blocks >= 2
+    per_block = 1 + 3 * 7  # the block, and v, alpha, beta of its seven tuned layers
+    assert alive_when_tuning == [[False] * (per_block * i) for i in range(blocks)]
+    assert block_params and all(p.numel() == 0 for p in block_params)
+    assert len(kept) == 7 * blocks
+    for module in kept:
+        tensors = [*module.parameters(), *(b for b in module.buffers() if b is not None)]
+        assert tensors and all(t.numel() == 0 for t in tensors), module.scheme

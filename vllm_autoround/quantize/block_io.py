@@ -176,6 +176,23 @@ class BlockSource:
         block.requires_grad_(False)
         return block
 
+    def release(self, index: int) -> None:
+        """Free block ``index`` once it is done: out of the model's layer list, and its tensors emptied."""
+        block = self.layers[index]
+        self.layers[index] = torch.nn.Identity()
+        drop_tensors(block)
+
+
+def drop_tensors(module: torch.nn.Module) -> None:
+    """Empty every parameter and buffer of ``module`` in place (the objects stay, their storage goes).
+
+    A finished block or tuned layer then holds no device memory even where a reference to it survives
+    (the model's layer list held every finished block: one block's weights more on the GPU per block).
+    Tensors taken from it before (``detach()``) keep their own reference to the storage.
+    """
+    for tensor in [*module.parameters(), *module.buffers()]:
+        tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+
 
 def block_output(result: Any) -> torch.Tensor:
     """A decoder layer's hidden-states output (older layers return a tuple)."""

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from vllm_autoround.format.schema import LayerScheme
 from vllm_autoround.kernels.reference import dequantize
-from vllm_autoround.quantize.block_io import BlockCall, BlockSource, block_output, map_tensors
+from vllm_autoround.quantize.block_io import BlockCall, BlockSource, block_output, drop_tensors, map_tensors
 from vllm_autoround.quantize.model_files import ModelFiles
 from vllm_autoround.quantize.plan import LinearLayer, QuantPlan
 from vllm_autoround.quantize.recipes import Recipe
@@ -264,6 +264,7 @@ class BlockTuner:
             for name, linear in originals.items():
                 owner_name, _, leaf = name.rpartition(".")
                 setattr(block.get_submodule(owner_name) if owner_name else block, leaf, linear)
+                drop_tensors(tuned[name])
 
     def _optimize(self, block, tuned: dict[str, TunedLinear], inputs, targets, call, seed) -> TuneResult:
         cfg, rt = self.config, self.rt
@@ -397,12 +398,14 @@ def tune_model(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, rec
                     "best_iter": result.best_iter if result else None,
                     "tune_seconds": round(time.monotonic() - t0, 3),
                     "trace": [float(f"{x:.6g}") for x in result.trace] if result else []}
+            del result, tuned  # packed: the rounding offsets (4 bytes per weight) must not outlive the block
             writer.write_unit(unit, tensors, info)
             _exit_hook(i)
         load_quantized_weights(block, tensors, layers, prefix, offset)
         # Quantized chain, in place: nothing needs this block's inputs any more.
         q_in, final = tuner.forward_all(block, q_in, call, out=q_in, targets=targets)
         fp_in = targets
+        source.release(i)
         del block, tensors
         rt.sync()
         info = dict(info, loss_final=final, seconds=round(time.monotonic() - t0, 3))
