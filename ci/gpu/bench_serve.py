@@ -97,16 +97,23 @@ def prompts(count: int, seed: int) -> list[dict]:
     return [{"prompt_token_ids": [rng.randrange(3, 32000) for _ in range(PROMPT_LEN)]} for _ in range(count)]
 
 
-def run_one(work: Path, name: str) -> dict:
-    """Measure one configuration (runs in its own process so GPU memory starts empty)."""
-    from vllm import LLM, SamplingParams
+def make_llm(work: Path, name: str, **extra):
+    """The offline engine of one configuration, with vLLM's defaults except the captured batch sizes."""
+    from vllm import LLM
 
     ckpt, quantization = CONFIGS[name]
-    start = time.monotonic()
     # CUDA graphs captured for exactly the batch sizes measured: vLLM's defaults otherwise, faster to start.
-    llm = LLM(model=str(work / ckpt), quantization=quantization, dtype="bfloat16", max_model_len=1024,
-              gpu_memory_utilization=0.85, seed=0, max_num_seqs=256,
-              compilation_config={"cudagraph_capture_sizes": list(BATCHES) + [AGREE_PROMPTS, 4]})
+    return LLM(model=str(work / ckpt), quantization=quantization, dtype="bfloat16", max_model_len=1024,
+               gpu_memory_utilization=0.85, seed=0, max_num_seqs=256,
+               compilation_config={"cudagraph_capture_sizes": list(BATCHES) + [AGREE_PROMPTS, 4]}, **extra)
+
+
+def run_one(work: Path, name: str) -> dict:
+    """Measure one configuration (runs in its own process so GPU memory starts empty)."""
+    from vllm import SamplingParams
+
+    start = time.monotonic()
+    llm = make_llm(work, name)
     result: dict = {"name": name, "startup_s": time.monotonic() - start, "tok_s": {}}
     greedy = SamplingParams(max_tokens=GEN_LEN, ignore_eos=True, temperature=0.0)
     one = SamplingParams(max_tokens=1, ignore_eos=True, temperature=0.0)
