@@ -97,6 +97,15 @@ def prompts(count: int, seed: int) -> list[dict]:
     return [{"prompt_token_ids": [rng.randrange(3, 32000) for _ in range(PROMPT_LEN)]} for _ in range(count)]
 
 
+def config_names(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--configs`` as a list, or a usage error naming the unknown ones."""
+    configs = text.split(",")
+    unknown = set(configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configs {sorted(unknown)}; choose from {list(CONFIGS)}")
+    return configs
+
+
 def make_llm(work: Path, name: str, **extra):
     """The offline engine of one configuration, with vLLM's defaults except the captured batch sizes."""
     from vllm import LLM
@@ -182,14 +191,11 @@ def main() -> int:
         result = run_one(work, args.one)
         (results_dir / f"{args.one}.json").write_text(json.dumps(result))
         return 0
+    configs = config_names(parser, args.configs)
     results_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     build_model(work / "bf16")
     print(f"model ready in {time.monotonic() - start:.0f} s", flush=True)
-    configs = args.configs.split(",")
-    unknown = set(configs) - set(CONFIGS)
-    if unknown:
-        parser.error(f"unknown configs {sorted(unknown)}; choose from {list(CONFIGS)}")
     quantize(work, configs)
     for name in configs:
         if (results_dir / f"{name}.json").exists():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_serve import CONFIGS, PROMPT_LEN, build_model, make_llm, prompts, quantize  # noqa: E402
+from bench_serve import PROMPT_LEN, build_model, config_names, make_llm, prompts, quantize  # noqa: E402
 
 GEN_TOKENS = 128
 TOP_KERNELS = 12
@@ -58,9 +58,9 @@ def summarize_trace(path: Path, steps: int) -> dict:
     for e in events:
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and "aunch" in e.get("name", ""):
             launches[e["name"]] += 1
-    return {"launches_per_step": {k: v / steps for k, v in sorted(launches.items())},
-            "trace": path.name, "kernels": len(kernels), "steps": steps, "wall_us_per_step": wall / steps,
+    return {"trace": path.name, "kernels": len(kernels), "steps": steps, "wall_us_per_step": wall / steps,
             "busy_us_per_step": busy / steps, "idle_share": 1 - busy / wall,
+            "launches_per_step": {k: v / steps for k, v in sorted(launches.items())},
             "top": [{"kernel": name, "us_per_step": us / steps} for name, us in top]}
 
 
@@ -141,10 +141,7 @@ def main() -> int:
         result = profile_one(work, args.one, batches)
         (out_dir / f"{args.one}.json").write_text(json.dumps(result, indent=1))
         return 0
-    configs = args.configs.split(",")
-    unknown = set(configs) - set(CONFIGS)
-    if unknown:
-        parser.error(f"unknown configs {sorted(unknown)}; choose from {list(CONFIGS)}")
+    configs = config_names(parser, args.configs)
     out_dir.mkdir(parents=True, exist_ok=True)
     build_model(work / "bf16")
     quantize(work, configs)
