@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
@@ -10,7 +11,15 @@ import torch
 from vllm_autoround.format.packing import pack_cols
 from vllm_autoround.kernels.reference import dequantize
 
-L2_BYTES = 50 * 2**20
+L2_FALLBACK_BYTES = 50 * 2**20  # an H100's; the CPU dry runs use it
+
+
+@functools.cache
+def l2_bytes() -> int:
+    """The GPU's L2 size (50 MiB on an H100, 60 MiB on an H200), which rotated copies must exceed."""
+    if not torch.cuda.is_available():
+        return L2_FALLBACK_BYTES
+    return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or L2_FALLBACK_BYTES
 
 
 def random_checkpoint(bits: int, group_size: int, sym: bool, k: int, n: int, device: str = "cuda",
@@ -58,7 +67,7 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 
 def copies_for(nbytes: int, factor: float = 3.0) -> int:
     """Weight copies so that cycling through them streams at least ``factor`` x L2 from DRAM."""
-    return max(2, math.ceil(factor * L2_BYTES / max(nbytes, 1)))
+    return max(2, math.ceil(factor * l2_bytes() / max(nbytes, 1)))
 
 
 def dense_copies(n: int, k: int, device: str = "cuda") -> list[torch.Tensor]:
