@@ -104,7 +104,10 @@ def run_autoround(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, 
         ar = AutoRound(str(model_dir), scheme="W4A16", bits=a.bits, group_size=a.group_size, sym=True,
                        iters=a.iters, nsamples=a.nsamples, seqlen=a.seqlen, batch_size=a.batch_size,
                        dataset=dataset, seed=a.seed, device_map=0 if device == "cuda" else "cpu",
-                       low_gpu_mem_usage=False, layer_config=layer_config)
+                       low_gpu_mem_usage=False, layer_config=layer_config,
+                       # On a CPU that reports bf16 (avx512_bf16) auto-round would cast the model to bf16; ours
+                       # tunes in float32 there, as auto-round did on CPUs without it. CUDA: its default (bf16).
+                       amp=device == "cuda")
         seen: list[torch.Tensor] = []
         hook = ar.model.get_input_embeddings().register_forward_pre_hook(
             lambda m, args: seen.append(args[0].detach().cpu()))
