@@ -147,6 +147,7 @@ def main() -> int:
     quantize(work, configs)
     print(f"prompts of {PROMPT_LEN} tokens, {GEN_TOKENS} generated per profile", flush=True)
     for name in configs:
+        (out_dir / f"{name}.json").unlink(missing_ok=True)  # a failed run must not report an earlier run's profile
         proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--batches", args.batches,
                                "--one", name], env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
         if proc.returncode != 0:
