@@ -6,6 +6,12 @@ the same measurement on real weights and real text: the model (e.g. SmolLM2 from
 quantized with our RTN, and both loaders greedily continue 8 held-out Brown windows of 128 tokens by 64
 tokens. Each loader runs in its own process.
 
+A third reader settles whether a divergence is a near-tie or an error: Hugging Face transformers in
+float32 on the checkpoint's dequantized weights (the value both loaders approximate in bf16). It gives
+its own greedy continuation, and, teacher-forced on each loader's sequence, the float32 log-probability
+of every token the loader chose; at each first divergence it gives the float32 log-probability gap
+between the two loaders' choices (a gap near 0 is a near-tie that bf16 rounding may flip).
+
     python3 ci/gpu/greedy_agreement.py --model /tmp/acc/smollm2 --work /tmp/agree --bits 4 --group_size 64
 """
 
@@ -33,14 +39,56 @@ def prompt_ids(model: Path) -> list[list[int]]:
     return heldout_windows(load_tokenizer(model), PROMPT_LEN, AGREE_PROMPTS).tolist()
 
 
-def generate(checkpoint: Path, quantization: str | None, prompts: list[list[int]]) -> list[list[int]]:
+def generate(checkpoint: Path, quantization: str | None, prompts: list[list[int]]) -> dict[str, list]:
+    """Greedy tokens and, per token, the engine's own log-probability of it."""
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=str(checkpoint), quantization=quantization, dtype="bfloat16", max_model_len=512,
               gpu_memory_utilization=0.5, seed=0)
-    params = SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True, temperature=0.0)
+    params = SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True, temperature=0.0, logprobs=1)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
+    tokens = [list(o.outputs[0].token_ids) for o in outs]
+    logprobs = [[step[t].logprob for t, step in zip(toks, o.outputs[0].logprobs, strict=True)]
+                for toks, o in zip(tokens, outs, strict=True)]
+    return {"tokens": tokens, "logprobs": logprobs}
+
+
+def reference(model: Path, checkpoint: Path, prompts: list[list[int]], runs: dict[str, dict]) -> dict:
+    """float32 transformers on the dequantized weights: its greedy tokens, its log-probability of every
+    token each loader chose (teacher-forced), and its gap between the loaders' choices where they part."""
+    import torch
+
+    from vllm_autoround.quantize.evaluate import apply_weights, dequantized_weights, load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf = load_model(model, device, torch.float32)
+    apply_weights(hf, dequantized_weights(checkpoint))
+    out: dict = {"greedy": [], "logprobs": {name: [] for name in runs}, "divergence_gap": []}
+    with torch.no_grad():
+        for i, prompt in enumerate(prompts):
+            ids = list(prompt)
+            for _ in range(AGREE_TOKENS):  # plain argmax, no end-of-text handling (the loaders ignore EOS)
+                ids.append(int(hf(torch.tensor([ids], device=device)).logits[0, -1].argmax()))
+            out["greedy"].append(ids[len(prompt):])
+            seqs = {name: run["tokens"][i] for name, run in runs.items()}
+            for name, seq in seqs.items():
+                full = torch.tensor([prompt + seq], device=device)
+                logp = torch.log_softmax(hf(full).logits[0, len(prompt) - 1 : -1].double(), -1)
+                out["logprobs"][name].append(logp.gather(-1, full[0, len(prompt):, None])[:, 0].tolist())
+            a, b = seqs["ours"], seqs["builtin"]
+            at = first_divergences([a], [b])[0]
+            if at < len(a):
+                logp = torch.log_softmax(hf(torch.tensor([prompt + a[:at]], device=device)).logits[0, -1].double(), -1)
+                top2 = logp.topk(2).values.tolist()
+                out["divergence_gap"].append({"prompt": i, "position": at, "ours": logp[a[at]].item(),
+                                              "builtin": logp[b[at]].item(), "top2_margin": top2[0] - top2[1]})
+    return out
+
+
+def error_summary(engine: list[list[float]], ref: list[list[float]]) -> str:
+    """max and mean |engine - float32 reference| log-probability over every generated token."""
+    diffs = [abs(e - r) for es, rs in zip(engine, ref, strict=True) for e, r in zip(es, rs, strict=True)]
+    return f"max {max(diffs):.4f}, mean {sum(diffs) / len(diffs):.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work)
     checkpoint = work / f"w{a.bits}g{a.group_size}"
     if a.loader:
-        tokens = generate(checkpoint, LOADERS[a.loader], json.loads((work / "prompts.json").read_text()))
-        (work / f"{a.loader}.json").write_text(json.dumps(tokens))
+        run = generate(checkpoint, LOADERS[a.loader], json.loads((work / "prompts.json").read_text()))
+        (work / f"{a.loader}.json").write_text(json.dumps(run))
         return 0
     work.mkdir(parents=True, exist_ok=True)
     (work / "prompts.json").write_text(json.dumps(prompt_ids(Path(a.model))))
@@ -65,12 +113,23 @@ def main(argv: list[str] | None = None) -> int:
                         "--device", "cuda"], check=True)
     for loader in LOADERS:
         subprocess.run([sys.executable, __file__, *(argv or sys.argv[1:]), "--loader", loader], check=True)
-    ours, builtin = (json.loads((work / f"{name}.json").read_text()) for name in LOADERS)
+    runs = {name: json.loads((work / f"{name}.json").read_text()) for name in LOADERS}
+    ours, builtin = runs["ours"]["tokens"], runs["builtin"]["tokens"]
     same = sum(x == y for o, b in zip(ours, builtin, strict=True) for x, y in zip(o, b, strict=True))
-    firsts = first_divergences(ours, builtin)
     print(f"W{a.bits} g{a.group_size}, {AGREE_PROMPTS} held-out prompts x {AGREE_TOKENS} greedy tokens: "
           f"agreement before first divergence {agreement(ours, builtin):.1%}, same token at the same "
-          f"position {same / (AGREE_PROMPTS * AGREE_TOKENS):.1%}; first divergence at {firsts}")
+          f"position {same / (AGREE_PROMPTS * AGREE_TOKENS):.1%}; first divergence at "
+          f"{first_divergences(ours, builtin)}")
+    ref = reference(Path(a.model), checkpoint, json.loads((work / "prompts.json").read_text()), runs)
+    (work / "reference.json").write_text(json.dumps(ref))
+    for name, run in runs.items():
+        print(f"{name} vs float32 reference: greedy agreement {agreement(run['tokens'], ref['greedy']):.1%} "
+              f"(first divergence at {first_divergences(run['tokens'], ref['greedy'])}); |log-prob error| "
+              f"of its chosen tokens {error_summary(run['logprobs'], ref['logprobs'][name])}")
+    for gap in ref["divergence_gap"]:
+        print(f"prompt {gap['prompt']} parts at token {gap['position']}: float32 log-prob of ours' token "
+              f"{gap['ours']:.4f}, of built-in's {gap['builtin']:.4f} (top-2 margin there "
+              f"{gap['top2_margin']:.4f})")
     return 0
 
 
