@@ -9,7 +9,7 @@ import torch
 
 from tests.kernels.helpers import checkpoint, prepared
 from vllm_autoround.kernels.launch import KernelConfig
-from vllm_autoround.kernels.tuning import M_BUCKETS, Tuner, candidates, default_config, m_bucket
+from vllm_autoround.kernels.tuning import M_BUCKETS, Tuner, candidates, default_config, m_bucket, pick
 
 
 @pytest.mark.parametrize("m, bucket", [(1, 1), (2, 2), (3, 4), (16, 16), (17, 32), (300, 512), (9000, 4096)])
@@ -49,3 +49,12 @@ def test_off_gpu_choice_is_the_default_and_cache_round_trips(tmp_path, monkeypat
     tuner._save()
     assert json.loads(path.read_text())[tuner.key(x, p)]["block_n"] == 64
     assert Tuner().choose(x, p) == chosen
+
+
+def test_a_candidate_replaces_the_default_only_when_clearly_faster():
+    default, *others = candidates(16, 4096, 14336, 4)
+    a, b = others[:2]
+    assert pick({default: 28.4, a: 27.0, b: 31.4}, default) == default  # 5% faster is within the timing noise
+    assert pick({default: 28.4, a: 25.0, b: 26.0}, default) == a  # 12% faster replaces it
+    assert pick({a: 30.0, b: 29.0}, default) == b  # the default did not compile here
+    assert pick({}, default) == default
