@@ -37,9 +37,11 @@ def _check(scheme, cfg: KernelConfig, m: int, dtype=torch.bfloat16, bias: bool =
     assert int(p.counters.abs().sum()) == 0, "split-K counters not handed back zeroed"
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=["loads", "prefetch"])
 @pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=scheme_id)
-def test_gemv_every_scheme(interpreter, scheme):
-    _check(scheme, KernelConfig("gemv", block_n=_block_n(scheme[0]), waves=4), m=1)
+def test_gemv_every_scheme(interpreter, scheme, prefetch):
+    """Both loop forms: loads in the block, or the next block's words and x carried in registers."""
+    _check(scheme, KernelConfig("gemv", block_n=_block_n(scheme[0]), waves=4, prefetch=prefetch), m=1)
 
 
 @pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=scheme_id)
@@ -77,15 +79,16 @@ def test_tiling_variants(interpreter, scheme, cfg):
     _check(scheme, cfg, m=1 if cfg.kind == "gemv" else 17, bias=True, seed=3)
 
 
+@pytest.mark.parametrize("prefetch", [False, True], ids=["loads", "prefetch"])
 @pytest.mark.parametrize("rows_outer", [False, True])
 @pytest.mark.parametrize("scheme", [(4, 128, True), (2, 64, False), (3, 32, True), (8, -1, False)], ids=scheme_id)
-def test_gemv_whole_tiles_both_axis_orders(interpreter, monkeypatch, scheme, rows_outer):
+def test_gemv_whole_tiles_both_axis_orders(interpreter, monkeypatch, scheme, rows_outer, prefetch):
     """N a whole number of tiles (unmasked loads), two column repeats per tile, in both 3-D tile axis
     orders (which one compiles depends on the Triton version; see triton_kernels.ROWS_OUTER)."""
     from vllm_autoround.kernels import triton_kernels
 
     monkeypatch.setattr(triton_kernels, "ROWS_OUTER", rows_outer)
-    _check(scheme, KernelConfig("gemv", block_n=64, warp_n=32, waves=2), m=2, n=128, seed=5)
+    _check(scheme, KernelConfig("gemv", block_n=64, warp_n=32, waves=2, prefetch=prefetch), m=2, n=128, seed=5)
 
 
 @pytest.mark.slow
