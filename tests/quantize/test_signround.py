@@ -148,6 +148,20 @@ def test_bad_dataset_is_a_one_line_error(toy_llama, tmp_path, capsys):
     assert not (tmp_path / "x.partial").exists() and not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--gradient_accumulate_steps", "0"), ("--batch_size", "-2"),
+                                         ("--nsamples", "0"), ("--seqlen", "x")])
+def test_non_positive_counts_are_refused_by_name(toy_llama, tmp_path, capsys, flag, value):
+    """0 accumulation steps used to be read as 1; every count flag must name itself when it is not >= 1."""
+    from vllm_autoround.quantize.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", str(toy_llama), "--output", str(tmp_path / "x"), "--device", "cpu", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and ("positive integer" in err), err
+    assert not (tmp_path / "x.partial").exists()
+
+
 def test_finished_blocks_are_freed_before_the_next_is_tuned(toy_llama, tmp_path, monkeypatch):
     """No finished block may stay reachable through the tuner, and a block or tuned layer that something
     else keeps alive (a compile cache, say) must hold no tensors: on a GPU every finished block's weights

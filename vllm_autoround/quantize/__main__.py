@@ -9,6 +9,17 @@ from vllm_autoround.format.errors import FormatError
 from vllm_autoround.quantize.recipes import RECIPES
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 batches or steps is a mistake, not a default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vllm_autoround.quantize", description=__doc__)
     p.add_argument("--model", required=True, help="Hugging Face model directory (safetensors weights)")
@@ -21,10 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant_lm_head", action="store_true", help="also quantize lm_head (left alone by default)")
     p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="tuning preset (default: default)")
     p.add_argument("--iters", type=int, help="SignRound iterations per block; 0 = RTN")
-    p.add_argument("--nsamples", type=int, help="calibration samples")
-    p.add_argument("--seqlen", type=int, help="calibration sequence length")
-    p.add_argument("--batch_size", type=int, help="tuning batch size")
-    p.add_argument("--gradient_accumulate_steps", type=int, default=1, help="batches per optimizer step")
+    p.add_argument("--nsamples", type=positive_int, help="calibration samples")
+    p.add_argument("--seqlen", type=positive_int, help="calibration sequence length")
+    p.add_argument("--batch_size", type=positive_int, help="tuning batch size")
+    p.add_argument("--gradient_accumulate_steps", type=positive_int, default=1, help="batches per optimizer step")
     p.add_argument("--lr", type=float, help="rounding learning rate (default 1/iters)")
     p.add_argument("--minmax_lr", type=float, help="min/max scale learning rate (default: lr)")
     p.add_argument("--dataset", help="calibration text: a .txt/.jsonl file or a folder of them (default built-in)")

@@ -64,7 +64,7 @@ def quantize(args: argparse.Namespace) -> Path:
     check_eval_args(args)
     tokens = None
     if recipe.iters:
-        if min(recipe.iters, recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1) or 1) < 1:
+        if min(recipe.iters, recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1)) < 1:
             raise ValueError("--iters, --batch_size and --gradient_accumulate_steps must be positive")
         tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen,
                                     args.seed)

@@ -354,7 +354,7 @@ def tune_model(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, rec
                args: argparse.Namespace, tokens: torch.Tensor) -> dict[str, Any]:
     """Tune and write every block of ``plan`` on calibration ``tokens``; returns the report's SignRound part."""
     started = time.monotonic()
-    accumulate = getattr(args, "gradient_accumulate_steps", 1) or 1
+    accumulate = getattr(args, "gradient_accumulate_steps", 1)
     config = TuneConfig(recipe.iters, min(recipe.batch_size, recipe.nsamples), accumulate, recipe.lr,
                         recipe.minmax_lr, args.seed)
     rt = Runtime.create(getattr(args, "device", "auto"), getattr(args, "low_gpu_mem_usage", False))
