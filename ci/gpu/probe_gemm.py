@@ -33,7 +33,7 @@ from kernel_common import (  # noqa: E402
 )
 
 from vllm_autoround.kernels.launch import KernelConfig, run  # noqa: E402
-from vllm_autoround.kernels.tuning import DEQUANT, _gemm, default_config, m_bucket  # noqa: E402
+from vllm_autoround.kernels.tuning import DEQUANT, default_config, gemm_config, m_bucket  # noqa: E402
 
 # (bits, group size, sym, K, N)
 SHAPES = ((4, 128, True, 4096, 14336), (4, 128, True, 14336, 4096), (4, 128, True, 4096, 6144),
@@ -41,8 +41,9 @@ SHAPES = ((4, 128, True, 4096, 14336), (4, 128, True, 14336, 4096), (4, 128, Tru
           (2, 64, True, 14336, 4096), (3, 64, True, 4096, 14336), (3, 64, True, 14336, 4096),
           (8, 128, True, 4096, 14336), (8, 128, True, 14336, 4096))
 # Two warps cannot form a warp group, so those tilings use the Ampere-style mma instead of wgmma.
-TILINGS = (_gemm(16, 128, 4, w_first=True), _gemm(16, 64, 4, w_first=True), _gemm(16, 128, 4, warps=2, w_first=True),
-           _gemm(32, 128, 1, w_first=True), _gemm(64, 128, 2), _gemm(64, 64, 2), DEQUANT)
+TILINGS = (gemm_config(16, 128, 4, w_first=True), gemm_config(16, 64, 4, w_first=True),
+           gemm_config(16, 128, 4, warps=2, w_first=True), gemm_config(32, 128, 1, w_first=True),
+           gemm_config(64, 128, 2), gemm_config(64, 64, 2), DEQUANT)
 
 
 def config_name(cfg: KernelConfig) -> str:

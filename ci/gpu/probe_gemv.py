@@ -39,7 +39,7 @@ from kernel_common import (  # noqa: E402
     weight_bytes,
 )
 
-from vllm_autoround.kernels.launch import KernelConfig, _split, run  # noqa: E402
+from vllm_autoround.kernels.launch import KernelConfig, run, split_plan  # noqa: E402
 from vllm_autoround.kernels.layout import INTERLEAVE, block_k, prepare_weight  # noqa: E402
 
 # (bits, group size, sym, K, N)
@@ -81,7 +81,7 @@ def baseline_gemv(tk_old, x, p, block_n: int, waves: float, warps: int):
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     num_blocks = p.padded_in_features // block_k(p.bits)
     tiles = -(-n // block_n)
-    split, per = _split(num_blocks, tiles * m, waves, p, x.device)
+    split, per = split_plan(num_blocks, tiles * m, waves, p, x.device)
     part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
     tk_old.gemv_kernel[(tiles, split, m)](
         x, p.qweight, p.scales, p.zeros if p.zero_point < 0 else p.scales, x, out, part, p.counters,
@@ -124,7 +124,7 @@ def probe_shape(bits: int, group_size: int, sym: bool, k: int, n: int, tk_old=No
         num_blocks = copies[0].padded_in_features // block_k(bits)
         for block_n, waves, warps in ((128, 8, 4), (256, 8, 4)):
             tiles = -(-n // block_n)
-            split, per = _split(num_blocks, tiles, waves, copies[0], x.device)
+            split, per = split_plan(num_blocks, tiles, waves, copies[0], x.device)
             sink = torch.empty(split, n, dtype=torch.int32, device="cuda")
 
             def load_only(p, tiles=tiles, split=split, per=per, block_n=block_n, warps=warps, sink=sink):

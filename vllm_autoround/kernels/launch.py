@@ -48,7 +48,7 @@ def _group_constexpr(p: PreparedWeight) -> int:
     return 0 if p.effective_group_size == p.in_features else p.effective_group_size
 
 
-def _split(num_blocks: int, tiles: int, waves: float, p: PreparedWeight, device: torch.device) -> tuple[int, int]:
+def split_plan(num_blocks: int, tiles: int, waves: float, p: PreparedWeight, device: torch.device) -> tuple[int, int]:
     """(split_k, blocks_per_split) so that tiles * split_k ~ waves * SMs, no split left empty."""
     if waves <= 0 or tiles > p.counters.numel():
         return 1, num_blocks
@@ -78,7 +78,7 @@ def gemv(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
         return out
     num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
     n_tiles = -(-n // cfg.block_n)
-    split, per = _split(num_blocks, n_tiles * m, cfg.waves, p, x.device)
+    split, per = split_plan(num_blocks, n_tiles * m, cfg.waves, p, x.device)
     part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
     bias, has_bias = _bias_arg(p, x)
     tk.gemv_kernel[(n_tiles, split, m)](
@@ -101,7 +101,7 @@ def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
         return out
     num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
     m_tiles, n_tiles = -(-m // cfg.block_m), -(-n // cfg.block_n)
-    split, per = _split(num_blocks, m_tiles * n_tiles, cfg.waves, p, x.device)
+    split, per = split_plan(num_blocks, m_tiles * n_tiles, cfg.waves, p, x.device)
     part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
     bias, has_bias = _bias_arg(p, x)
     tk.gemm_kernel[(m_tiles, n_tiles, split)](

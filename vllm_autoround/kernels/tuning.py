@@ -35,19 +35,19 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1]
 
 
-def _gemv(block_n: int, waves: float, warps: int = 4, prefetch: bool = True, warp_n: int = 32) -> KernelConfig:
+def gemv_config(block_n: int, waves: float, warps: int = 4, prefetch: bool = True, warp_n: int = 32) -> KernelConfig:
     return KernelConfig("gemv", block_n=block_n, warp_n=warp_n, waves=waves, num_warps=warps, num_stages=2,
                         prefetch=prefetch)
 
 
-def _gemm(block_m: int, block_n: int, waves: float, warps: int = 4, stages: int = 3, w_first: bool = False,
-          scale_after: bool = True, prefetch: bool = False) -> KernelConfig:
+def gemm_config(block_m: int, block_n: int, waves: float, warps: int = 4, stages: int = 3, w_first: bool = False,
+                scale_after: bool = True, prefetch: bool = False) -> KernelConfig:
     return KernelConfig("gemm", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps,
                         num_stages=stages, w_first=w_first, scale_after=scale_after, prefetch=prefetch)
 
 
 DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
-LARGE_TILE = _gemm(128, 256, 0, warps=8, scale_after=False)
+LARGE_TILE = gemm_config(128, 256, 0, warps=8, scale_after=False)
 
 
 def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
@@ -58,18 +58,18 @@ def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
     if mb == 1:
         # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
         # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
-        return _gemv(128, 4, prefetch=bits != 3)
+        return gemv_config(128, 4, prefetch=bits != 3)
     # H100 sweep (ci/gpu/probe_gemm.py, docs/kernels.md): 2- and 3-bit decode more slices per word, so
     # narrower tiles win and dequantize + cuBLAS takes over at a smaller M; 3-bit's three word tiles do not
     # fit a 64 x 128 tile's pipeline in shared memory at all.
     if bits == 3:
-        return _gemm(16, 64, 4, w_first=True) if mb <= 32 else DEQUANT
+        return gemm_config(16, 64, 4, w_first=True) if mb <= 32 else DEQUANT
     if mb <= 16:
-        return _gemm(16, 64 if bits == 2 else 128, 4, w_first=True)
+        return gemm_config(16, 64 if bits == 2 else 128, 4, w_first=True)
     if mb <= 32:
-        return _gemm(16, 128, 4, warps=2, w_first=True) if bits == 2 else _gemm(64, 128, 2)
+        return gemm_config(16, 128, 4, warps=2, w_first=True) if bits == 2 else gemm_config(64, 128, 2)
     if mb <= 64 or (mb <= 128 and bits != 2):
-        return _gemm(64, 64 if bits == 2 else 128, 2)
+        return gemm_config(64, 64 if bits == 2 else 128, 2)
     return DEQUANT
 
 
@@ -77,18 +77,19 @@ def candidates(mb: int, n: int, k: int, bits: int) -> list[KernelConfig]:
     """What the autotuner times for one M bucket (the default first)."""
     out = [default_config(mb, n, k, bits)]
     if mb <= 4:
-        out += [_gemv(bn, w, warps, prefetch=pf, warp_n=wn) for bn, wn, w, warps, pf in (
+        out += [gemv_config(bn, w, warps, prefetch=pf, warp_n=wn) for bn, wn, w, warps, pf in (
             (128, 32, 4, 4, False), (128, 32, 3, 4, True), (128, 32, 6, 4, False), (128, 32, 8, 4, False),
             (64, 32, 6, 2, True), (64, 32, 8, 2, True), (128, 64, 4, 4, True))]
     if 1 < mb <= 16:
-        out += [_gemm(16, bn, w, w_first=wf, prefetch=pf) for bn, w, wf, pf in (
+        out += [gemm_config(16, bn, w, w_first=wf, prefetch=pf) for bn, w, wf, pf in (
             (128, 4, True, False), (64, 4, True, False), (128, 4, True, True), (128, 2, True, False),
             (128, 2, True, True), (128, 2, False, False), (64, 2, False, True))]
-        out.append(_gemm(16, 128, 4, warps=2, w_first=True))
+        out.append(gemm_config(16, 128, 4, warps=2, w_first=True))
     elif 16 < mb <= 128:
-        out += [_gemm(bm, 128, w, w_first=wf, prefetch=pf) for bm, w, wf in ((32, 1, True), (64, 2, False))
+        out += [gemm_config(bm, 128, w, w_first=wf, prefetch=pf) for bm, w, wf in ((32, 1, True), (64, 2, False))
                 if bm <= mb for pf in (False, True)]
-        out += [_gemm(16, 128, 4, warps=2, w_first=True), _gemm(16, 64, 4, w_first=True), _gemm(64, 64, 2)]
+        out += [gemm_config(16, 128, 4, warps=2, w_first=True), gemm_config(16, 64, 4, w_first=True),
+                gemm_config(64, 64, 2)]
     if mb >= 128:
         out.append(LARGE_TILE)
     if mb >= 64:
