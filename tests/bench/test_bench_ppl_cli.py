@@ -189,3 +189,17 @@ def test_window_longer_than_the_server_context_is_refused_up_front(fake_url, tmp
                "--out", str(tmp_path)])
     assert rc == 2 and "max_model_len is 4096" in capsys.readouterr().err
     assert not (tmp_path / "result.json").exists()
+
+
+def test_heldout_text_is_the_brown_genre_calibration_never_sees(fake_url, tmp_path):
+    from vllm_autoround.bench.perplexity import read_text
+    from vllm_autoround.quantize.corpus import brown_documents
+
+    heldout = read_text("heldout")
+    calibration = brown_documents("calibration")
+    assert len(heldout) > 400_000 and not any(doc[:200] in heldout for doc in calibration)
+    rc, _, result = _ppl(fake_url, tmp_path, "heldout", "fake", "--ppl-window", "100", "--ppl-max-windows", "3")
+    ids = [token_id(c) for c in heldout[:300]]
+    expected_nll = -math.fsum(logprob(t) for w in range(3) for t in ids[w * 100 + 1 : (w + 1) * 100])
+    assert rc == 0 and result.perplexity.scored_tokens == 3 * 99
+    assert result.perplexity.nll == pytest.approx(expected_nll, rel=1e-12)

@@ -18,7 +18,7 @@ import msgspec
 from .client import Endpoint, RequestFailed, RequestOptions
 from .lengths import LengthSpec
 from .load import Budget
-from .perplexity import APIS
+from .perplexity import APIS, BUILTIN_TEXTS
 from .runner import LoadConfig, PerplexityConfig, run_bench, write_comparison
 from .schema import BenchResult, decode
 
@@ -109,7 +109,8 @@ def _add_load(p: argparse.ArgumentParser) -> None:
 def _add_ppl(p: argparse.ArgumentParser, required: bool) -> None:
     g = p.add_argument_group("perplexity")
     g.add_argument("--ppl-text", required=required,
-                   help="UTF-8 text file to score, or 'builtin' (the bundled CPython docs prose)")
+                   help="UTF-8 text file to score, 'builtin' (the bundled CPython docs prose) or 'heldout' (the "
+                        "Brown corpus genre the quantizer's default calibration leaves out)")
     g.add_argument("--ppl-window", type=int,
                    help="tokens per window (characters without a tokenizer); default min(512, max_model_len-1)")
     g.add_argument("--ppl-stride", type=int, help="tokens between window starts (default: the window)")
@@ -156,7 +157,7 @@ def _load_config(args) -> LoadConfig:
 def _ppl_config(args) -> PerplexityConfig | None:
     if not args.ppl_text:
         return None
-    if args.ppl_text != "builtin" and not Path(args.ppl_text).is_file():
+    if args.ppl_text not in BUILTIN_TEXTS and not Path(args.ppl_text).is_file():
         raise ValueError(f"--ppl-text {args.ppl_text}: no such file")
     return PerplexityConfig(text=args.ppl_text, window=args.ppl_window, stride=args.ppl_stride,
                             max_windows=args.ppl_max_windows or None, api=args.ppl_api,

@@ -71,10 +71,18 @@ def text_windows(text: str, chars: int, max_windows: int | None = None) -> list[
     return pieces
 
 
+BUILTIN_TEXTS = ("builtin", "heldout")
+
+
 def read_text(path: str) -> str:
-    """A UTF-8 text file, or the built-in prose for ``builtin``."""
+    """A UTF-8 text file; ``builtin``: the CPython docs prose; ``heldout``: the held-out genre of the Brown
+    corpus that ships with the quantizer (press reportage, which its default calibration never sees)."""
     if path == "builtin":
         return corpus_text()
+    if path == "heldout":
+        from vllm_autoround.quantize.corpus import brown_documents
+
+        return "\n\n".join(brown_documents("heldout"))
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
