@@ -75,6 +75,8 @@ def reference(model: Path, checkpoint: Path, prompts: list[list[int]], runs: dic
                 full = torch.tensor([prompt + seq], device=device)
                 logp = torch.log_softmax(hf(full).logits[0, len(prompt) - 1 : -1].double(), -1)
                 out["logprobs"][name].append(logp.gather(-1, full[0, len(prompt):, None])[:, 0].tolist())
+            if set(seqs) != set(LOADERS):
+                continue
             a, b = seqs["ours"], seqs["builtin"]
             at = first_divergences([a], [b])[0]
             if at < len(a):
