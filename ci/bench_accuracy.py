@@ -64,6 +64,7 @@ def run_ours(model_dir: Path, data: Path, bits: int, group_size: int, method: st
     seconds, report = timed_quantize(out, argv)
     result = {"seconds": round(seconds, 2), "peak_gpu_gb": peak_gb(),
               "block_seconds": [b.get("seconds") for b in report.get("blocks", [])],
+              "best_iter": [b.get("best_iter") for b in report.get("blocks", [])],
               "weights": dequantized_weights(out)}
     shutil.rmtree(out, ignore_errors=True)
     return result
