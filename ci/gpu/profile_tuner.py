@@ -36,10 +36,10 @@ TOP_KERNELS = 15
 def kernel_class(name: str) -> str:
     """A coarse class for a CUDA kernel name."""
     low = name.lower()
+    if any(k in low for k in ("flash", "fmha", "attention", "sdpa")):  # before gemm: cuDNN's are "wgmma" too
+        return "attention"
     if any(k in low for k in ("gemm", "sm90_xmma", "cutlass", "nvjet", "cublas", "matmul", "wgmma")):
         return "gemm"
-    if any(k in low for k in ("flash", "fmha", "attention", "sdpa")):
-        return "attention"
     if low.startswith("triton"):
         return "triton"
     return "other"
@@ -56,34 +56,35 @@ def matmul_tflop(shape: dict, tokens: int) -> float:
 
 
 class IterationProfiler:
-    """Counts tuning iterations through ``BlockTuner._signed_step`` (called twice per iteration) and runs
-    the torch profiler over iterations ``[start, start + count)``."""
+    """Runs the torch profiler over tuning iterations ``[start, start + count)``, told where each iteration
+    begins by ``BatchFeeder.batches(it)`` (called once per iteration, before its first micro-batch)."""
 
     def __init__(self, start: int, count: int) -> None:
         self.start, self.count = start, count
-        self.calls = 0
         self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                        torch.profiler.ProfilerActivity.CUDA])
         self.wall: list[float] = []
-        self.original = signround.BlockTuner._signed_step
+        self.original = signround.BatchFeeder.batches
 
     def install(self) -> None:
         profiler = self
 
-        def step(params, lrs, decay, low, high):
-            profiler.original(params, lrs, decay, low, high)
-            profiler.calls += 1
-            if profiler.calls % 2 == 0:
-                profiler.after_iteration(profiler.calls // 2)
+        def batches(feeder, it):
+            profiler.before_iteration(it)
+            yield from profiler.original(feeder, it)
 
-        signround.BlockTuner._signed_step = staticmethod(step)
+        signround.BatchFeeder.batches = batches
+
+    def uninstall(self) -> None:
+        signround.BatchFeeder.batches = self.original
 
     @staticmethod
     def sync() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    def after_iteration(self, done: int) -> None:
+    def before_iteration(self, it: int) -> None:
+        done = it  # iterations finished before this one
         if done == self.start:
             self.sync()
             self.prof.__enter__()
@@ -120,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile_count", type=int, default=5)
     p.add_argument("--tflops", type=float, default=800.0, help="dense bf16 rate for the FLOP floor")
     a = p.parse_args(argv)
+    if a.iters <= a.profile_from + a.profile_count:
+        p.error("--iters must exceed --profile_from + --profile_count (the profile ends when the next "
+                "iteration starts)")
     device = "cpu" if a.small else "cuda"
     shape = SMALL if a.small else LLAMA3_8B
     nsamples, seqlen, batch = (4, 32, 2) if a.small else (128, 2048, 8)
@@ -129,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     data = write_token_dataset(tokens, work / "tokens.jsonl")
     profiler = IterationProfiler(a.profile_from, a.profile_count)
     profiler.install()
-    seconds, report = timed_quantize(work / "out", [
-        "--model", str(model), "--dataset", str(data), "--device", device, "--iters", str(a.iters),
-        "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--batch_size", str(batch)])
+    try:
+        seconds, report = timed_quantize(work / "out", [
+            "--model", str(model), "--dataset", str(data), "--device", device, "--iters", str(a.iters),
+            "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--batch_size", str(batch)])
+    finally:
+        profiler.uninstall()
     summary = profiler.summary(work / "trace.json")
     floor = matmul_tflop(shape, batch * seqlen)
     summary.update(matmul_tflop=round(floor, 2), floor_ms_at_tflops=round(floor / a.tflops * 1e3, 2),

@@ -15,7 +15,7 @@ from vllm_autoround.quantize.model_files import ModelFiles
 from vllm_autoround.quantize.plan import build_plan, meta_model
 from vllm_autoround.quantize.qdq import fake_quantize, quantize_to_codes
 from vllm_autoround.quantize.recipes import RECIPES, resolve
-from vllm_autoround.quantize.signround import BlockTuner, Runtime, TuneConfig, sample_schedule
+from vllm_autoround.quantize.signround import BlockTuner, Runtime, TuneConfig, _keep_best_and_step, sample_schedule
 from vllm_autoround.quantize.tuned_linear import MINMAX_BOUNDS, V_BOUND, fake_quant, weight_range
 
 SCHEMES = [LayerScheme(b, g, s) for b in (2, 3, 4, 8) for g in (32, 128, -1) for s in (True, False)]
@@ -108,16 +108,31 @@ def test_sample_schedule_cycles_through_shuffles():
     assert sample_schedule(nsamples=6, batch_size=4, accumulate=3, iters=2, seed=0).shape == (2, 6)
 
 
-def test_signed_step_decays_and_clamps():
-    p = torch.zeros(5, requires_grad=True)
-    p.grad = torch.tensor([1.0, -1.0, 0.0, 2.0, -3.0])
-    BlockTuner._signed_step([p], [0.1], 0.5, -V_BOUND, V_BOUND)
-    assert p.grad is None
-    torch.testing.assert_close(p.detach(), torch.tensor([-0.05, 0.05, 0.0, -0.05, 0.05]))
-    q = torch.full((3,), 0.52, requires_grad=True)
-    q.grad = torch.tensor([1.0, -1.0, 0.0])
-    BlockTuner._signed_step([q], [0.1], 1.0, *MINMAX_BOUNDS)
-    torch.testing.assert_close(q.detach(), torch.tensor([0.5, 0.62, 0.52]))
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
+def test_keep_best_then_signed_step_decays_and_clamps(compiled):
+    step_fn = torch.compile(_keep_best_and_step, dynamic=True) if compiled else _keep_best_and_step
+    p = torch.zeros(5)
+    best = torch.full((5,), 9.0)
+    step_fn(p, torch.tensor([1.0, -1.0, 0.0, 2.0, -3.0]), best, torch.tensor(False), torch.tensor(0.05),
+            -V_BOUND, V_BOUND)
+    assert torch.equal(best, torch.full((5,), 9.0))  # no improvement: the best stays
+    torch.testing.assert_close(p, torch.tensor([-0.05, 0.05, 0.0, -0.05, 0.05]))
+    step_fn(p, torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]), best, torch.tensor(True), torch.tensor(0.5),
+            -V_BOUND, V_BOUND)
+    torch.testing.assert_close(best, torch.tensor([-0.05, 0.05, 0.0, -0.05, 0.05]))  # kept before the step
+    torch.testing.assert_close(p, torch.tensor([-0.5, -0.45, -0.5, -0.5, -0.45]))  # clamped at -0.5
+    q = torch.full((3,), 0.52)
+    step_fn(q, torch.tensor([1.0, -1.0, 0.0]), q.clone(), torch.tensor(True), torch.tensor(0.1), *MINMAX_BOUNDS)
+    torch.testing.assert_close(q, torch.tensor([0.5, 0.62, 0.52]))
+
+
+def test_step_table_is_auto_rounds_linear_decay_in_float32():
+    """The step of iteration i is float32(lr * (1 - i / iters)), what a Python-scalar multiply gave before."""
+    lr, iters = 1 / 200, 200
+    table = torch.tensor([lr * (1.0 - i / iters) for i in range(iters)], dtype=torch.float32)
+    signs = torch.tensor([1.0, -1.0])
+    for i in (0, 1, 57, 199):
+        assert torch.equal(signs * table[i], signs * (lr * (1.0 - i / iters)))
 
 
 # ---------------------------------------------------------------------------------------------------------
