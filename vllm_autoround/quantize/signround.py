@@ -8,9 +8,10 @@ fake-quantized and the full-precision block outputs; the update is ``p -= lr * s
 decaying linearly to 0 (auto-round's SignSGD + LinearLR); the parameters of the best loss seen are kept.
 
 The inner loop never reads a value back to the host: batches are gathered by precomputed device indices,
-the loss history and the best parameters are tracked on the device, and the update is a handful of
-multi-tensor kernels. Each block is packed and written as soon as it is tuned; ``--resume`` replays the
-finished blocks from their written shards (bit-identical to the uninterrupted run) and tunes the rest.
+the loss history and the best parameters are tracked on the device, and keeping the best parameters and
+the update are one (compiled) pass per parameter. Each block is packed and written as soon as it is tuned;
+``--resume`` replays the finished blocks from their written shards (bit-identical to the uninterrupted run)
+and tunes the rest.
 """
 
 from __future__ import annotations
