@@ -111,18 +111,18 @@ def test_sample_schedule_cycles_through_shuffles():
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["eager", "compiled"])
 def test_keep_best_then_signed_step_decays_and_clamps(compiled):
     step_fn = torch.compile(_keep_best_and_step, dynamic=True) if compiled else _keep_best_and_step
+    v_bounds = (torch.tensor(-V_BOUND), torch.tensor(V_BOUND))
+    mm_bounds = tuple(torch.tensor(b) for b in MINMAX_BOUNDS)
     p = torch.zeros(5)
     best = torch.full((5,), 9.0)
-    step_fn(p, torch.tensor([1.0, -1.0, 0.0, 2.0, -3.0]), best, torch.tensor(False), torch.tensor(0.05),
-            -V_BOUND, V_BOUND)
+    step_fn(p, torch.tensor([1.0, -1.0, 0.0, 2.0, -3.0]), best, torch.tensor(False), torch.tensor(0.05), *v_bounds)
     assert torch.equal(best, torch.full((5,), 9.0))  # no improvement: the best stays
     torch.testing.assert_close(p, torch.tensor([-0.05, 0.05, 0.0, -0.05, 0.05]))
-    step_fn(p, torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]), best, torch.tensor(True), torch.tensor(0.5),
-            -V_BOUND, V_BOUND)
+    step_fn(p, torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]), best, torch.tensor(True), torch.tensor(0.5), *v_bounds)
     torch.testing.assert_close(best, torch.tensor([-0.05, 0.05, 0.0, -0.05, 0.05]))  # kept before the step
     torch.testing.assert_close(p, torch.tensor([-0.5, -0.45, -0.5, -0.5, -0.45]))  # clamped at -0.5
     q = torch.full((3,), 0.52)
-    step_fn(q, torch.tensor([1.0, -1.0, 0.0]), q.clone(), torch.tensor(True), torch.tensor(0.1), *MINMAX_BOUNDS)
+    step_fn(q, torch.tensor([1.0, -1.0, 0.0]), q.clone(), torch.tensor(True), torch.tensor(0.1), *mm_bounds)
     torch.testing.assert_close(q, torch.tensor([0.5, 0.62, 0.52]))
 
 

@@ -190,11 +190,12 @@ def _squared_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _keep_best_and_step(p: torch.Tensor, grad: torch.Tensor, best: torch.Tensor, improved: torch.Tensor,
-                        step: torch.Tensor, low: float, high: float) -> None:
+                        step: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> None:
     """``best <- p`` if this iteration's loss improved, then ``p <- clamp(p - step * sign(grad), low, high)``.
 
     Compiled on CUDA to one pass over each parameter: as a copy plus five multi-tensor passes it took 3.8 ms
-    of a 37.7 ms iteration on the Llama-3-8B-shaped block (H200, ci/gpu/profile_tuner.py).
+    of a 37.7 ms iteration on the Llama-3-8B-shaped block (H200, ci/gpu/profile_tuner.py). Every argument is
+    a tensor (the bounds 0-d), so one compiled kernel serves all parameters and iterations.
     """
     best.copy_(torch.where(improved, p, best))
     p.copy_(torch.clamp(p - step * torch.sign(grad), low, high))
@@ -285,11 +286,13 @@ class BlockTuner:
         iters = cfg.iters
         schedule = sample_schedule(inputs.shape[0], cfg.batch_size, cfg.gradient_accumulate_steps, iters, seed)
         feeder = BatchFeeder(inputs, targets, schedule, cfg.batch_size, rt.device)
+        v_bounds, mm_bounds = ((torch.tensor(low, device=rt.device), torch.tensor(high, device=rt.device))
+                               for low, high in ((-V_BOUND, V_BOUND), MINMAX_BOUNDS))
         params, lrs, bounds = [], [], []
         for m in tuned.values():
             params += [m.v, m.alpha, m.beta]
             lrs += [cfg.rounding_lr(m.scheme.bits)] + [cfg.minmax_lr_for(m.scheme.bits)] * 2
-            bounds += [(-V_BOUND, V_BOUND), MINMAX_BOUNDS, MINMAX_BOUNDS]
+            bounds += [v_bounds, mm_bounds, mm_bounds]
         # LinearLR(start 1, end 0, total_iters=iters), stepped after each update: the step of iteration i is
         # lr * (1 - i / iters), as float32 on the device, one table per learning rate
         steps = {lr: torch.tensor([lr * (1.0 - i / iters) for i in range(iters)], dtype=torch.float32,
