@@ -71,16 +71,17 @@ def reference(model: Path, checkpoint: Path, prompts: list[list[int]], runs: dic
                 ids.append(int(hf(torch.tensor([ids], device=device)).logits[0, -1].argmax()))
             out["greedy"].append(ids[len(prompt):])
             seqs = {name: run["tokens"][i] for name, run in runs.items()}
+            rows = {}  # per loader: float32 log-probs of every vocabulary token at each generated position
             for name, seq in seqs.items():
                 full = torch.tensor([prompt + seq], device=device)
-                logp = torch.log_softmax(hf(full).logits[0, len(prompt) - 1 : -1].double(), -1)
-                out["logprobs"][name].append(logp.gather(-1, full[0, len(prompt):, None])[:, 0].tolist())
+                rows[name] = torch.log_softmax(hf(full).logits[0, len(prompt) - 1 : -1].double(), -1)
+                out["logprobs"][name].append(rows[name].gather(-1, full[0, len(prompt):, None])[:, 0].tolist())
             if set(seqs) != set(LOADERS):
                 continue
             a, b = seqs["ours"], seqs["builtin"]
             at = first_divergences([a], [b])[0]
-            if at < len(a):
-                logp = torch.log_softmax(hf(torch.tensor([prompt + a[:at]], device=device)).logits[0, -1].double(), -1)
+            if at < len(a):  # the prefixes are equal up to here, so ours' teacher-forced row is the one
+                logp = rows["ours"][at]
                 top2 = logp.topk(2).values.tolist()
                 out["divergence_gap"].append({"prompt": i, "position": at, "ours": logp[a[at]].item(),
                                               "builtin": logp[b[at]].item(), "top2_margin": top2[0] - top2[1]})
