@@ -35,6 +35,10 @@ from vllm_autoround.quantize.signround import COMPILE_ENV  # noqa: E402
 
 LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
                  head_dim=128, vocab_size=4096, rope_theta=500000.0, max_position_embeddings=8192)
+# SmolLM2-135M's block (the real model of docs/benchmarks.md, "Accuracy"), for random-weight timing
+SMOLLM2 = dict(hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+               vocab_size=4096, rope_theta=100000.0, max_position_embeddings=8192)
+SHAPES = {"llama3_8b": LLAMA3_8B, "smollm2": SMOLLM2}
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
              vocab_size=512, rope_theta=10000.0, max_position_embeddings=512)
 
@@ -210,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny shapes and recipe, for a CPU smoke test")
     p.add_argument("--layers", type=int, default=2, help="decoder blocks (block 0 pays compile warm-up)")
+    p.add_argument("--shape", choices=SHAPES, default="llama3_8b", help="the random-weight model's block shape")
     p.add_argument("--iters", type=int)
     p.add_argument("--nsamples", type=int)
     p.add_argument("--seqlen", type=int)
@@ -248,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = calibration_tokens(tok, None, a.nsamples, a.seqlen, seed=42)
         held_out = calibration_tokens(tok, None, a.nsamples, a.seqlen, seed=7)
     else:
-        shape = SMALL if a.small else LLAMA3_8B
+        shape = SMALL if a.small else SHAPES[a.shape]
         model_dir = build_model(work / "model", shape, a.layers, dtype, device)
         tokens = torch.randint(3, shape["vocab_size"], (a.nsamples, a.seqlen),
                                generator=torch.Generator().manual_seed(1))

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tuner import LLAMA3_8B, SMALL, build_model, timed_quantize, write_token_dataset  # noqa: E402
+from bench_tuner import SHAPES, SMALL, build_model, timed_quantize, write_token_dataset  # noqa: E402
 from profile_decode import busy_union  # noqa: E402
 
-from vllm_autoround.quantize import signround  # noqa: E402
+from vllm_autoround.quantize import iteration_graph  # noqa: E402
 
 TOP_KERNELS = 15
 
@@ -57,26 +57,20 @@ def matmul_tflop(shape: dict, tokens: int) -> float:
 
 class IterationProfiler:
     """Runs the torch profiler over tuning iterations ``[start, start + count)``, told where each iteration
-    begins by ``BatchFeeder.batches(it)`` (called once per iteration, before its first micro-batch)."""
+    begins by ``iteration_graph.on_iteration`` (called before every iteration, replayed from a CUDA graph or
+    not)."""
 
     def __init__(self, start: int, count: int) -> None:
         self.start, self.count = start, count
         self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                        torch.profiler.ProfilerActivity.CUDA])
         self.wall: list[float] = []
-        self.original = signround.BatchFeeder.batches
 
     def install(self) -> None:
-        profiler = self
-
-        def batches(feeder, it):
-            profiler.before_iteration(it)
-            yield from profiler.original(feeder, it)
-
-        signround.BatchFeeder.batches = batches
+        iteration_graph.on_iteration = self.before_iteration
 
     def uninstall(self) -> None:
-        signround.BatchFeeder.batches = self.original
+        iteration_graph.on_iteration = None
 
     @staticmethod
     def sync() -> None:
@@ -116,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="write the summary here as JSON")
     p.add_argument("--small", action="store_true", help="tiny shapes on the CPU's GPU-less path: a smoke test")
+    p.add_argument("--shape", choices=SHAPES, default="llama3_8b", help="the one block's shape")
     p.add_argument("--iters", type=int, default=40)
     p.add_argument("--profile_from", type=int, default=30)
     p.add_argument("--profile_count", type=int, default=5)
@@ -125,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--iters must exceed --profile_from + --profile_count (the profile ends when the next "
                 "iteration starts)")
     device = "cpu" if a.small else "cuda"
-    shape = SMALL if a.small else LLAMA3_8B
+    shape = SMALL if a.small else SHAPES[a.shape]
     nsamples, seqlen, batch = (4, 32, 2) if a.small else (128, 2048, 8)
     work = Path(tempfile.mkdtemp(prefix="profile_tuner_"))
     model = build_model(work / "model", shape, 1, torch.bfloat16, device)

@@ -123,15 +123,10 @@ def _finish(y, offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_pt
 @_jit
 def _group_params(s_ptr, z_ptr, g, kj, offs_n, n_mask, N, K, ZERO: tl.constexpr, BLOCK_N: tl.constexpr,
                   EVEN_K: tl.constexpr):
-    """Float32 scales and zero points ``[BLOCK_N]`` of group ``g``, which starts at ``kj`` (zero past K)."""
-    if EVEN_K:
-        mask = n_mask
-    else:
-        mask = n_mask & ((offs_n * 0 + kj) < K)
-    s = tl.load(s_ptr + g * N + offs_n, mask=mask, other=0).to(tl.float32)
-    if ZERO < 0:
-        zc = tl.load(z_ptr + g * N + offs_n, mask=mask, other=0).to(tl.float32)
-    else:
+    """Float32 scales and zero points ``[BLOCK_N]`` of group ``g``, which starts at ``kj`` (zero past K);
+    a shared zero point comes back as a constant vector."""
+    s, zc = _col_params(s_ptr, z_ptr, g, kj, K, offs_n, n_mask, N, ZERO, EVEN_K, False)
+    if ZERO >= 0:
         zc = tl.full([BLOCK_N], ZERO, tl.float32)
     return s, zc
 

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from vllm_autoround.format.schema import LayerScheme
 from vllm_autoround.kernels.reference import dequantize
 from vllm_autoround.quantize.block_io import BlockCall, BlockSource, block_output, drop_tensors, map_tensors
+from vllm_autoround.quantize.iteration_graph import graphs_wanted, run_iterations
 from vllm_autoround.quantize.model_files import ModelFiles
 from vllm_autoround.quantize.plan import LinearLayer, QuantPlan
 from vllm_autoround.quantize.recipes import Recipe
@@ -99,7 +100,8 @@ class Runtime:
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # no cast cache: nothing here is cast twice, and a CUDA graph capture must not keep one
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=False)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -165,6 +167,14 @@ class BatchFeeder:
             event.record(self.stream)
         return x, y, event
 
+    def device_batches(self, it: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The micro-batches of iteration ``it`` (a one-element device tensor), for device-resident caches:
+        gathered on the device without reading ``it``, so a captured iteration replays for any value."""
+        row = self.index.index_select(0, it)[0]
+        for a, b in self.bounds:
+            index = row[a:b]
+            yield self.inputs.index_select(0, index), self.targets.index_select(0, index)
+
     def batches(self, it: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for chunk, (a, b) in enumerate(self.bounds):
             if not self.remote:
@@ -207,6 +217,7 @@ class TuneResult:
     trace: list[float]  # loss of every iteration, before its update
     best_loss: float
     best_iter: int
+    graphed: bool = False  # the iterations after warm-up replayed a captured CUDA graph
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
@@ -302,29 +313,43 @@ class BlockTuner:
         best_iter = torch.zeros((), dtype=torch.long, device=rt.device)
         trace = torch.zeros(iters, device=rt.device)
         scale = 1.0 / feeder.elements
-        for it in range(iters):
+        it_index = torch.zeros(1, dtype=torch.long, device=rt.device)  # the iteration, advanced on the device
+        host_it = [0]  # the same, for the CPU-cache feeder (never captured)
+
+        def iteration() -> None:
+            """One iteration; reads nothing from the host and updates its state in place (capturable)."""
+            batches = feeder.batches(host_it[0]) if feeder.remote else feeder.device_batches(it_index)
+            host_it[0] += 1
             total = torch.zeros((), device=rt.device)
-            for x, y in feeder.batches(it):
+            for x, y in batches:
                 loss = self.loss_fn(self.call(block, x, call), y) * scale
                 loss.backward()
                 total += loss.detach()
             with torch.no_grad():
-                trace[it] = total
+                trace.index_copy_(0, it_index, total.view(1))
                 improved = total < best_loss
-                best_loss = torch.where(improved, total, best_loss)
-                best_iter = torch.where(improved, it, best_iter)
+                best_loss.copy_(torch.where(improved, total, best_loss))
+                best_iter.copy_(torch.where(improved, it_index[0], best_iter))
                 for p, b, lr, (low, high) in zip(params, best, lrs, bounds, strict=True):
                     if p.grad is None:  # a layer the loss does not reach
                         torch.where(improved, p, b, out=b)
                     else:
-                        self.step_fn(p, p.grad, b, improved, steps[lr][it], low, high)
+                        self.step_fn(p, p.grad, b, improved, steps[lr].index_select(0, it_index)[0], low, high)
                         p.grad = None
+                it_index.add_(1)
+
+        def clear_grads() -> None:
+            for p in params:
+                p.grad = None
+
+        graphed = run_iterations(iteration, iters, rt.device, graphs_wanted(rt.device) and not feeder.remote,
+                                 clear_grads)
         with torch.no_grad():
             for p, b in zip(params, best, strict=True):
                 p.copy_(b)
         result = {name: {"v": m.v.detach(), "alpha": m.alpha.detach(), "beta": m.beta.detach()}
                   for name, m in tuned.items()}
-        return TuneResult(result, trace.cpu().tolist(), float(best_loss), int(best_iter))
+        return TuneResult(result, trace.cpu().tolist(), float(best_loss), int(best_iter), graphed)
 
 
 def _relative(layer: LinearLayer, prefix: str) -> str:
@@ -404,6 +429,7 @@ def tune_model(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, rec
                     "loss_iter0": result.trace[0] if result else None,
                     "loss_best": result.best_loss if result else None,
                     "best_iter": result.best_iter if result else None,
+                    "cuda_graph": result.graphed if result else False,
                     "tune_seconds": round(time.monotonic() - t0, 3),
                     "trace": [float(f"{x:.6g}") for x in result.trace] if result else []}
             del result, tuned  # packed: the rounding offsets (4 bytes per weight) must not outlive the block
