@@ -7,7 +7,8 @@ in_features, both tools get the same smaller group (our planner's fallback, pass
 ``layer_config``). Perplexity is measured once per method by one evaluator: the Hugging Face model with the
 method's dequantized (ours) or fake-quantized (auto-round) weights, on the held-out Brown genre (never
 calibrated on), 2048-token windows, bf16 on CUDA. Time is the whole run (load, calibration, tuning,
-packing); peak memory is ``torch.cuda.max_memory_allocated`` during the run, with nothing else resident.
+packing); peak memory is ``torch.cuda.max_memory_allocated`` during the run, above what was allocated
+when it began (so what an earlier method left allocated in this process is not counted).
 
 Results accumulate in ``--results`` (JSON, rewritten atomically after each entry); entries already there
 are skipped, so the benchmark can be spread over several calls of a time-limited machine and still prints

@@ -10,7 +10,8 @@ weights, std 0.02) with ``--layers`` decoder blocks, then runs, in this one proc
    with the tool's dequantized weights; per block, the MSE between its output on the quantized chain and
    on the full-precision chain (the quantity both tools minimize), over all calibration samples.
 
-Peak GPU memory is ``torch.cuda.max_memory_allocated`` over each tool's run. ``--small`` shrinks
+Peak GPU memory is ``torch.cuda.max_memory_allocated`` over each tool's run, above what was allocated
+when it began. ``--small`` shrinks
 everything for a CPU smoke test; ``--model DIR`` compares on an existing (e.g. the trained toy) model with
 the built-in calibration text and adds a held-out evaluation. Prints a table last; ``--out`` writes JSON.
 """
@@ -48,14 +49,24 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+_peak_baseline = 0  # bytes allocated when the current measurement began
+
+
 def reset_peak() -> None:
+    """Start a peak measurement. What is already allocated (an earlier tool's leftovers in this process) is
+    the baseline that :func:`peak_gb` leaves out."""
+    global _peak_baseline
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        _peak_baseline = torch.cuda.memory_allocated()
 
 
 def peak_gb() -> float | None:
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+    """GiB allocated at the peak since :func:`reset_peak`, above what was allocated then (None off CUDA)."""
+    if not torch.cuda.is_available():
+        return None
+    return round((torch.cuda.max_memory_allocated() - _peak_baseline) / 2**30, 2)
 
 
 def build_model(path: Path, shape: dict, layers: int, dtype: torch.dtype, device: str) -> Path:
