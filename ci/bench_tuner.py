@@ -159,6 +159,21 @@ def write_token_dataset(tokens: torch.Tensor, path: Path) -> Path:
     return path
 
 
+def random_model_run(work: Path, shape: dict, layers: int, device: str, small: bool, token_seed: int
+                     ) -> tuple[list[str], int, int]:
+    """A random-weight model of ``shape`` and random calibration tokens under ``work``, sized as the default
+    recipe (128 x 2048, batch 8) or, if ``small``, for a CPU smoke test: our quantizer's arguments for
+    them, the sequence length and the batch size."""
+    nsamples, seqlen, batch = (4, 32, 2) if small else (128, 2048, 8)
+    model = build_model(work / "model", shape, layers, torch.bfloat16, device)
+    tokens = torch.randint(3, shape["vocab_size"], (nsamples, seqlen),
+                           generator=torch.Generator().manual_seed(token_seed))
+    data = write_token_dataset(tokens, work / "tokens.jsonl")
+    args = ["--model", str(model), "--dataset", str(data), "--device", device, "--nsamples", str(nsamples),
+            "--seqlen", str(seqlen), "--batch_size", str(batch)]
+    return args, seqlen, batch
+
+
 def run_ours(model_dir: Path, tokens: torch.Tensor, a: argparse.Namespace, device: str, work: Path,
              *extra: str) -> dict:
     data = write_token_dataset(tokens, work / "tokens.jsonl")

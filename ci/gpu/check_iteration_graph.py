@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_tuner import SHAPES, SMALL, build_model, peak_gb, timed_quantize, write_token_dataset  # noqa: E402
+from bench_tuner import SHAPES, SMALL, peak_gb, random_model_run, timed_quantize  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from vllm_autoround.quantize.iteration_graph import GRAPH_ENV  # noqa: E402
@@ -64,14 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     device = "cpu" if a.small else "cuda"
     shape = SMALL if a.small else SHAPES[a.shape]
-    nsamples, seqlen, batch = (4, 32, 2) if a.small else (128, 2048, 8)
     work = Path(tempfile.mkdtemp(prefix="graph_check_"))
-    model = build_model(work / "model", shape, a.layers, torch.bfloat16, device)
-    tokens = torch.randint(3, shape["vocab_size"], (nsamples, seqlen), generator=torch.Generator().manual_seed(1))
-    data = write_token_dataset(tokens, work / "tokens.jsonl")
-    args = ["--model", str(model), "--dataset", str(data), "--device", device, "--iters", str(a.iters),
-            "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--batch_size", str(batch),
-            "--group_size", str(a.group_size)]
+    args, _, _ = random_model_run(work, shape, a.layers, device, a.small, token_seed=1)
+    args += ["--iters", str(a.iters), "--group_size", str(a.group_size)]
     runs = {}
     for name, flag in (("plain_1", "0"), ("plain_2", "0"), ("graph", "1")):
         os.environ[GRAPH_ENV] = flag

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tuner import SHAPES, SMALL, build_model, timed_quantize, write_token_dataset  # noqa: E402
+from bench_tuner import SHAPES, SMALL, random_model_run, timed_quantize  # noqa: E402
 from profile_decode import busy_union  # noqa: E402
 
 from vllm_autoround.quantize import iteration_graph  # noqa: E402
@@ -121,17 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                 "iteration starts)")
     device = "cpu" if a.small else "cuda"
     shape = SMALL if a.small else SHAPES[a.shape]
-    nsamples, seqlen, batch = (4, 32, 2) if a.small else (128, 2048, 8)
     work = Path(tempfile.mkdtemp(prefix="profile_tuner_"))
-    model = build_model(work / "model", shape, 1, torch.bfloat16, device)
-    tokens = torch.randint(3, shape["vocab_size"], (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
-    data = write_token_dataset(tokens, work / "tokens.jsonl")
+    args, seqlen, batch = random_model_run(work, shape, 1, device, a.small, token_seed=0)
     profiler = IterationProfiler(a.profile_from, a.profile_count)
     profiler.install()
     try:
-        seconds, report = timed_quantize(work / "out", [
-            "--model", str(model), "--dataset", str(data), "--device", device, "--iters", str(a.iters),
-            "--nsamples", str(nsamples), "--seqlen", str(seqlen), "--batch_size", str(batch)])
+        seconds, report = timed_quantize(work / "out", [*args, "--iters", str(a.iters)])
     finally:
         profiler.uninstall()
     summary = profiler.summary(work / "trace.json")

@@ -176,11 +176,9 @@ class BatchFeeder:
             yield self.inputs.index_select(0, index), self.targets.index_select(0, index)
 
     def batches(self, it: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for chunk, (a, b) in enumerate(self.bounds):
-            if not self.remote:
-                index = self.index[it, a:b]
-                yield self.inputs.index_select(0, index), self.targets.index_select(0, index)
-                continue
+        """The micro-batches of iteration ``it`` from CPU caches (``remote``), the next one's copy started
+        before this one is yielded; device caches go through :meth:`device_batches`."""
+        for chunk in range(len(self.bounds)):
             if self._next is not None and self._next[:2] == (it, chunk):
                 x, y, event = self._next[2]
             else:
