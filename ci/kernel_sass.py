@@ -1,5 +1,9 @@
 """Count the machine instructions of the gemv kernel's main loop, for sm_90, on a machine without a GPU.
 
+``--kernel gemm16`` instead reports how the register-operand gemm kernel compiles: how many tiles cross
+shared memory per K block (two 16-bit word tiles, no decoded tiles) and whether every MMA takes the weight
+from registers (docs/kernels.md, "The register-operand gemm").
+
 Triton's wheel carries ``ptxas`` and ``nvdisasm``, so the kernels compile to Hopper SASS here; the loop's
 instruction mix per decoded weight value and the register count say, before any device time is spent,
 whether a kernel change cuts the work per value (the M=1 kernel is issue-bound on the H100: see
@@ -51,6 +55,42 @@ def compile_gemv(bits: int, group_size: int, block_n: int, warps: int, prefetch:
     signature = {name: signature[name] for name in kernel.arg_names}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
+
+
+def compile_gemm16(bits: int, group_size: int, block_m: int, block_n: int, warps: int, stages: int = 2):
+    """The register-operand gemm kernel compiled for sm_90 (sym, split-K on, whole K blocks and N tiles)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = _triton_kernels().gemm16_kernel
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i16", "s_ptr": "*fp16", "b_ptr": "*bf16", "out_ptr": "*bf16",
+                 "part_ptr": "*fp32", "cnt_ptr": "*i32"}
+    signature |= {name: "i32" for name in ("M", "N", "K", "stride_xm", "stride_om", "num_blocks",
+                                           "blocks_per_split", "split_k")}
+    constants = dict(BITS=bits, R=16, GS=group_size, ZERO=2 ** (bits - 1), HAS_BIAS=False, BLOCK_M=block_m,
+                     BLOCK_N=block_n, SPLIT=True, EVEN_K=True, EVEN_N=True, INTERPRETED=False)
+    signature |= {name: "constexpr" for name in constants}
+    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in ALIGNED_ARGS if a in kernel.arg_names}
+    signature = {name: signature[name] for name in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+def gemm16_report(bits: int, group_size: int, block_m: int = 16, block_n: int = 128, warps: int = 4) -> dict:
+    """Shared-memory tiles per K block by element type, MMAs with the weight in registers, loop instructions."""
+    compiled = compile_gemm16(bits, group_size, block_m, block_n, warps)
+    ttgir = compiled.asm["ttgir"]
+    alloc = re.compile(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+x(\w+)")
+    allocs = collections.Counter(m.group(1) for m in alloc.finditer(ttgir))
+    dots = re.findall(r"warp_group_dot %\S+, %\S+, %\S+ .*?: tensor<\d+x\d+x\w+, #ttg\.dot_op", ttgir)
+    sass, usage = disassemble(compiled.asm["cubin"])
+    ops = main_loop_opcodes(sass)
+    values_per_thread = 16 * block_n * (32 // bits) / (32 * warps)
+    regs = re.search(r"REG:(\d+)", usage)
+    return {"shared_tiles": dict(allocs), "register_operand_dots": len(dots),
+            "registers": int(regs.group(1)) if regs else None, "loop_instructions": sum(ops.values()),
+            "per_value": sum(ops.values()) / values_per_thread, "opcodes": dict(ops.most_common())}
 
 
 def _triton_kernels():
@@ -110,6 +150,7 @@ def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--kernel", default="gemv", choices=("gemv", "gemm16"))
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group_size", type=int, default=128)
     p.add_argument("--block_n", type=int, default=128)
@@ -119,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
+    if a.kernel == "gemm16":
+        print(json.dumps(gemm16_report(a.bits, a.group_size, block_n=a.block_n, warps=a.warps)))
+        return 0
     r = loop_report(a.bits, a.group_size, a.block_n, a.warps, a.prefetch, a.warp_n, not a.asym)
     if a.json:
         print(json.dumps(r))

@@ -146,7 +146,7 @@ def precompile(workers):
     for scheme in SCHEMES:
         cfgs = []
         for m in scheme[4]:
-            for c in candidates(m_bucket(m), 0, 0, scheme[1]):
+            for c in candidates(m_bucket(m), 0, 0, scheme[1], scheme[3]):
                 if c.to_dict() not in cfgs:
                     cfgs.append(c.to_dict())
         for i in range(0, len(cfgs), 3):
@@ -290,6 +290,8 @@ def _cfg(c):
         return ""
     if c["kind"] == "gemv":
         return f"gemv n{c['block_n']} w{c['waves']:g}{' pf' if c['prefetch'] else ''}"
+    if c["kind"] == "gemm16":
+        return f"reg-mma {c['block_m']}x{c['block_n']} w{c['waves']:g} st{c['num_stages']}"
     if c["kind"] == "gemm":
         return (f"mma {c['block_m']}x{c['block_n']} w{c['waves']:g}{' wf' if c['w_first'] else ''}"
                 f"{' pf' if c['prefetch'] else ''}")

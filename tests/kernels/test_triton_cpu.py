@@ -49,6 +49,49 @@ def test_gemm_every_scheme(interpreter, scheme):
     _check(scheme, KernelConfig("gemm", block_m=16, block_n=_block_n(scheme[0]), waves=2, w_first=True), m=3)
 
 
+GEMM16_SCHEMES = [s for s in ALL_SCHEMES if s[0] in (2, 4) and s[2]]
+
+
+@pytest.mark.parametrize("scheme", GEMM16_SCHEMES, ids=scheme_id)
+def test_gemm16_every_scheme(interpreter, scheme):
+    """The register-operand kernel on every scheme it decodes (bits 2 and 4, sym), split-K, N tail, odd M."""
+    _check(scheme, KernelConfig("gemm16", block_m=16, block_n=32, waves=2), m=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cfg", [KernelConfig("gemm16", block_m=16, block_n=32, waves=0),
+                                 KernelConfig("gemm16", block_m=32, block_n=64, waves=4, num_stages=2)],
+                         ids=["no-split", "split"])
+def test_gemm16_tilings_dtypes_bias(interpreter, cfg, dtype):
+    """M over BLOCK_M with a ragged last tile, with and without split-K, bias, both activation dtypes; the
+    per-channel scheme pads K (its last block is partly past K)."""
+    for scheme in [(4, 64, True), (2, -1, True)]:
+        _check(scheme, cfg, m=37, dtype=dtype, bias=True, seed=11)
+
+
+def test_gemm16_whole_tiles(interpreter):
+    """N a whole number of tiles: the word loads go unmasked."""
+    _check((4, 128, True), KernelConfig("gemm16", block_m=16, block_n=64, waves=2), m=5, n=128, seed=13)
+
+
+@pytest.mark.parametrize("scheme", [(4, 128, False), (3, 64, True), (8, 128, True)], ids=scheme_id)
+def test_gemm16_refuses_what_it_cannot_decode(scheme):
+    bits, gs, sym = scheme
+    k, n = small_shape(bits, gs)
+    p = prepared(checkpoint(bits, gs, sym, k, n))
+    with pytest.raises(ValueError, match="gemm16 decodes bits 2 and 4"):
+        run(torch.randn(2, k, dtype=torch.bfloat16), p, KernelConfig("gemm16"))
+
+
+@pytest.mark.parametrize("dtype, magic, base", [(torch.bfloat16, 0x4300, 128), (torch.float16, 0x6400, 1024)])
+def test_gemm16_magic_numbers_put_a_code_in_the_units_place(dtype, magic, base):
+    """What the compiled decode relies on (the interpreter takes another route): a 4-bit field OR-ed into the
+    mantissa of ``base`` reads as ``base + code`` in the activation dtype."""
+    codes = torch.arange(16, dtype=torch.int16)
+    assert torch.equal((codes | magic).view(dtype).float(), codes.float() + base)
+
+
 @pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=scheme_id)
 def test_dequantize_every_scheme(interpreter, scheme):
     bits, gs, sym = scheme

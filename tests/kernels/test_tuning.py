@@ -24,10 +24,21 @@ def test_candidates_start_with_the_default_and_are_unique(mb, bits):
     assert cands[0] == default_config(mb, 4096, 4096, bits)
     assert len(cands) == len(set(cands))
     for c in cands:
-        assert c.kind in ("gemv", "gemm", "dequant")
+        assert c.kind in ("gemv", "gemm", "gemm16", "dequant")
         if c.kind == "gemm":
             # a wgmma with x on the A side needs 64 rows, measured faster than 16-row tiles at M = 17-32
             assert c.block_m <= max(64, mb)
+
+
+@pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("mb", M_BUCKETS)
+def test_register_operand_kernel_only_where_it_decodes(mb, bits, sym):
+    """gemm16 decodes bits 2 and 4 with one shared zero point; asym, 3- and 8-bit layers keep gemm_kernel."""
+    kinds = {c.kind for c in candidates(mb, 4096, 4096, bits, sym)}
+    assert ("gemm16" in kinds) == (sym and bits in (2, 4) and 1 < mb <= 128)
+    if 1 < mb <= 64:
+        assert (default_config(mb, 4096, 4096, bits, sym).kind == "gemm16") == (sym and bits in (2, 4))
 
 
 @pytest.mark.parametrize("mb", M_BUCKETS)

@@ -17,7 +17,7 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16)
 class KernelConfig:
     """Which kernel and how it is tiled. ``waves``: split K until about waves x SMs programs run."""
 
-    kind: str  # "gemv" | "gemm" | "dequant"
+    kind: str  # "gemv" | "gemm" | "gemm16" | "dequant"
     block_n: int = 128
     warp_n: int = 32  # gemv: columns across one warp's lanes (32: one row per thread with 4 warps)
     block_m: int = 16
@@ -115,6 +115,36 @@ def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
     return out
 
 
+def gemm16_supported(p: PreparedWeight) -> bool:
+    """:func:`triton_kernels.gemm16_kernel` decodes 2- and 4-bit codes with one zero point for all groups."""
+    return p.bits in (2, 4) and p.zero_point >= 0
+
+
+def gemm16(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x[M, K] @ W.T`` with :func:`triton_kernels.gemm16_kernel` (weight operand in registers)."""
+    if not gemm16_supported(p):
+        raise ValueError(f"gemm16 decodes bits 2 and 4 with a shared zero point, not W{p.bits} "
+                         f"{'sym' if p.zero_point >= 0 else 'asym'}")
+    m, k = x.shape
+    n = p.out_features
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
+    if m == 0:
+        return out
+    num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
+    m_tiles, n_tiles = -(-m // cfg.block_m), -(-n // cfg.block_n)
+    split, per = split_plan(num_blocks, m_tiles * n_tiles, cfg.waves, p, x.device)
+    part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
+    bias, has_bias = _bias_arg(p, x)
+    tk.gemm16_kernel[(m_tiles, n_tiles, split)](
+        x, p.qweight.view(torch.int16), p.scales, bias, out, part, p.counters,
+        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
+        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split > 1, EVEN_K=_even_k(p), EVEN_N=n % cfg.block_n == 0,
+        INTERPRETED=tk.INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
 def dequantize(p: PreparedWeight, dtype: torch.dtype, cfg: KernelConfig | None = None) -> torch.Tensor:
     """The weight as ``[K, N]`` in ``dtype`` (transposed nn.Linear layout, ready for ``x @ w``)."""
     cfg = cfg or KernelConfig(kind="dequant")
@@ -138,7 +168,7 @@ def dequant_matmul(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: t
     return torch.matmul(x, w, out=out)
 
 
-LAUNCHERS = {"gemv": gemv, "gemm": gemm, "dequant": dequant_matmul}
+LAUNCHERS = {"gemv": gemv, "gemm": gemm, "gemm16": gemm16, "dequant": dequant_matmul}
 
 
 def run(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:

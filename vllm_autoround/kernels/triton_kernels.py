@@ -1,10 +1,12 @@
 """Triton kernels over the repacked layout (:mod:`vllm_autoround.kernels.layout`).
 
-Three kernels share one decoder:
+Four kernels:
 
 * ``gemv_kernel``: M rows handled one per program row; CUDA cores; split-K. The decode path (M=1).
 * ``gemm_kernel``: ``tl.dot`` tiles ``[BLOCK_M, BLOCK_N]``, optionally with the weight as the left
   operand (``W_FIRST``, computing ``yᵀ = W xᵀ`` so that small M fills the MMA's narrow side); split-K.
+* ``gemm16_kernel``: weight-first ``tl.dot`` tiles decoded from 16-bit lanes, so the weight operand stays
+  in registers (bits 2 and 4, sym).
 * ``dequant_kernel``: writes ``W[K, N]`` in the activation dtype for a following cuBLAS matmul (large M).
 
 Decoding (``_decode``): a field of ``bits`` bits at bit ``pos`` of a word becomes an exact float32 by
@@ -465,6 +467,114 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     else:
         y = acc
     _finish(y, offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr,
+            pid_m * tl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT)
+
+
+@_jit
+def _shr16(h, SH: tl.constexpr, ASM: tl.constexpr):
+    """``h >> SH`` on int16 lanes. ASM: one 32-bit shift per two lanes (the bits that cross into the low lane
+    are masked off by the caller); compiled from Triton the shift costs a mask, a shift and a re-pack per lane."""
+    if SH == 0:
+        return h
+    if not ASM:
+        return h >> tl.full(h.shape, SH, tl.int16)
+    if SH == 2:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 2;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    if SH == 4:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 4;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    if SH == 6:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 6;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    if SH == 8:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 8;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    if SH == 10:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 10;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    if SH == 12:
+        return tl.inline_asm_elementwise("shr.b32 $0, $1, 12;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    return tl.inline_asm_elementwise("shr.b32 $0, $1, 14;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+
+
+@_jit
+def _decode16(h, SH: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr, dt: tl.constexpr,
+              INTERPRETED: tl.constexpr):
+    """``code - ZERO`` in ``dt`` (exact) for the BITS-bit field at bit SH of each 16-bit lane of ``h``.
+
+    Integer ops, a bitcast and a subtraction of a constant only, so Triton moves the conversion to the MMA's
+    register layout up to the load of ``h``. The field is OR-ed under the exponent of a power of two whose
+    spacing is 1 (bf16: 128, fp16: 1024). The interpreter's int16-to-float bitcast is wrong, so there the
+    same value comes from an int-to-float conversion.
+    """
+    f = _shr16(h, SH, not INTERPRETED) & tl.full(h.shape, (1 << BITS) - 1, tl.int16)
+    if INTERPRETED:
+        return (f.to(tl.float32) - ZERO).to(dt)
+    if dt == tl.bfloat16:
+        q = (f | tl.full(h.shape, 0x4300, tl.int16)).to(tl.bfloat16, bitcast=True) - (128.0 + ZERO)
+    else:
+        q = (f | tl.full(h.shape, 0x6400, tl.int16)).to(tl.float16, bitcast=True) - (1024.0 + ZERO)
+    return q
+
+
+@_jit_runtime_ints
+def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
+                  M, N, K, stride_xm, stride_om, num_blocks, blocks_per_split, split_k,
+                  BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
+                  EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, INTERPRETED: tl.constexpr):
+    """Weight-first tensor-core tiles (``accᵀ = W · xᵀ``) with the weight operand kept in registers.
+
+    ``w_ptr`` is the repacked int32 layout read as int16 (``[rows, 2N]``: the low and high half of each word
+    side by side), so the codes are decoded from 16-bit lanes by :func:`_decode16`. Triton then converts the
+    two loaded half tiles of a K block to the MMA's register layout (one trip through shared memory each),
+    where ``gemm_kernel`` sends every decoded slice through shared memory. Bits 2 and 4, one zero point for
+    all groups (sym): a per-group zero point would need a broadcast, which stops that conversion from moving.
+    """
+    NS: tl.constexpr = 32 // BITS
+    PER_HALF: tl.constexpr = 16 // BITS
+    BK: tl.constexpr = R * NS
+    dt = x_ptr.dtype.element_ty
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_r = tl.arange(0, R)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    accg = tl.zeros_like(acc)
+    if GS == 0:
+        s, zc = _group_params(s_ptr, s_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+    b_start = pid_k * blocks_per_split
+    b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
+    w_ptrs = w_ptr + offs_r[None, :] * (2 * N) + 2 * offs_n[:, None]
+    w_mask = n_mask[:, None]
+    for b in range(b_start, b_end):
+        k0 = b * BK
+        lo = _load_words(w_ptrs + b * (2 * R * N), w_mask, EVEN_N)
+        hi = _load_words(w_ptrs + b * (2 * R * N) + 1, w_mask, EVEN_N)
+        for j in tl.static_range(NS):
+            kj = k0 + j * R
+            if GS != 0:
+                if (j * R) % GS == 0:
+                    s, zc = _group_params(s_ptr, s_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+            kk = kj + offs_r
+            if EVEN_K:
+                k_mask = kk >= 0
+            else:
+                k_mask = kk < K
+            xj = tl.load(x_ptr + offs_m[None, :] * stride_xm + kk[:, None], mask=m_mask[None, :] & k_mask[:, None],
+                         other=0)
+            if j < PER_HALF:
+                q = _decode16(lo, j * BITS, BITS, ZERO, dt, INTERPRETED)
+            else:
+                q = _decode16(hi, (j - PER_HALF) * BITS, BITS, ZERO, dt, INTERPRETED)
+            accg = _mma(q, xj, accg, dt, INTERPRETED)
+            if GS != 0:
+                if ((j + 1) * R) % GS == 0 or j == NS - 1:
+                    acc += accg * s[:, None]
+                    accg = tl.zeros_like(acc)
+    if GS == 0:
+        acc = accg * s[:, None]
+    _finish(tl.trans(acc), offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr,
             pid_m * tl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT)
 
 

@@ -46,12 +46,16 @@ def gemm_config(block_m: int, block_n: int, waves: float, warps: int = 4, stages
                         num_stages=stages, w_first=w_first, scale_after=scale_after, prefetch=prefetch)
 
 
+def gemm16_config(block_m: int, block_n: int, waves: float, warps: int = 4, stages: int = 3) -> KernelConfig:
+    return KernelConfig("gemm16", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps, num_stages=stages)
+
+
 DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
 LARGE_TILE = gemm_config(128, 256, 0, warps=8, scale_after=False)
 
 
-def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
-    """The configuration used when not tuning: the fastest measured on an H100 (docs/kernels.md).
+def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True) -> KernelConfig:
+    """The configuration used when not tuning: the fastest measured (docs/kernels.md).
 
     Every default must fit in shared memory for its bit width: it is what runs under CUDA-graph capture.
     """
@@ -59,6 +63,15 @@ def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
         # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
         # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
         return gemv_config(128, 4, prefetch=bits != 3)
+    if sym and bits in (2, 4) and mb <= 64:
+        # H200 sweep (ci/gpu/probe_gemm16.py; docs/kernels.md): the register-operand kernel against gemm_kernel's
+        # defaults, W4 on four shapes / W2 on two: M=16 1.07-1.13x / 1.24-1.38x, M=32 1.24-1.28x / 1.36x,
+        # M=64 1.04-1.09x / 1.32-1.45x.
+        if mb <= 16:
+            return gemm16_config(16, 128, 4, stages=2)
+        if mb <= 32:
+            return gemm16_config(32, 64, 4, stages=2)
+        return gemm16_config(64, 128, 2, stages=2)
     # H100 sweep (ci/gpu/probe_gemm.py, docs/kernels.md): 2- and 3-bit decode more slices per word, so
     # narrower tiles win and dequantize + cuBLAS takes over at a smaller M; 3-bit's three word tiles do not
     # fit a 64 x 128 tile's pipeline in shared memory at all.
@@ -73,9 +86,9 @@ def default_config(mb: int, n: int, k: int, bits: int) -> KernelConfig:
     return DEQUANT
 
 
-def candidates(mb: int, n: int, k: int, bits: int) -> list[KernelConfig]:
+def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True) -> list[KernelConfig]:
     """What the autotuner times for one M bucket (the default first)."""
-    out = [default_config(mb, n, k, bits)]
+    out = [default_config(mb, n, k, bits, sym)]
     if mb <= 4:
         out += [gemv_config(bn, w, warps, prefetch=pf, warp_n=wn) for bn, wn, w, warps, pf in (
             (128, 32, 4, 4, False), (128, 32, 3, 4, True), (128, 32, 6, 4, False), (128, 32, 8, 4, False),
@@ -90,6 +103,12 @@ def candidates(mb: int, n: int, k: int, bits: int) -> list[KernelConfig]:
                 if bm <= mb for pf in (False, True)]
         out += [gemm_config(16, 128, 4, warps=2, w_first=True), gemm_config(16, 64, 4, w_first=True),
                 gemm_config(64, 64, 2)]
+    if sym and bits in (2, 4) and 1 < mb <= 128:
+        if mb <= 16:
+            out += [gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4), gemm16_config(16, 64, 4)]
+        else:
+            out += [gemm16_config(32, 64, 4, stages=2), gemm16_config(32, 64, 4),
+                    gemm16_config(64, 128, 2, stages=2), gemm16_config(64, 128, 2)]
     if mb >= 128:
         out.append(LARGE_TILE)
     if mb >= 64:
@@ -135,8 +154,8 @@ class Tuner:
             return cfg
         mb = m_bucket(x.shape[0])
         if not self.enabled() or x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-            return default_config(mb, p.out_features, p.in_features, p.bits)
-        cfg = self._tune(x, p, candidates(mb, p.out_features, p.in_features, p.bits))
+            return default_config(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0)
+        cfg = self._tune(x, p, candidates(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0))
         with self._lock:
             self._cache[key] = cfg
             self._save()
