@@ -65,7 +65,7 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True) -> Kern
         return gemv_config(128, 4, prefetch=bits != 3)
     if sym and bits in (2, 4) and mb <= 64:
         # H200 sweep (ci/gpu/probe_gemm16.py; docs/kernels.md): the register-operand kernel against gemm_kernel's
-        # defaults, W4 on four shapes / W2 on two: M=16 1.07-1.13x / 1.24-1.38x, M=32 1.24-1.28x / 1.36x,
+        # defaults, W4 on four shapes / W2 on two: M=16 1.07-1.12x / 1.23-1.37x, M=32 1.24-1.28x / 1.36x,
         # M=64 1.04-1.09x / 1.32-1.45x.
         if mb <= 16:
             return gemm16_config(16, 128, 4, stages=2)
