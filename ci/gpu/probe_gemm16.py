@@ -22,15 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernel_common import (  # noqa: E402
-    dense_copies,
-    prepared_copies,
-    random_checkpoint,
-    reference_out,
-    rel_err,
-    time_graph,
-    weight_bytes,
-)
+import kernel_common as kc  # noqa: E402
 
 from vllm_autoround.kernels.launch import run  # noqa: E402
 from vllm_autoround.kernels.tuning import default_config, gemm16_config, m_bucket  # noqa: E402
@@ -60,15 +52,15 @@ def main() -> None:
         if time.time() - t0 > a.budget:
             print(f"budget spent: W{bits} {k}x{n} skipped", flush=True)
             continue
-        ck = random_checkpoint(bits, gs, True, k, n)
-        nbytes = weight_bytes(bits, gs, k, n, True)
-        preps = prepared_copies(ck, nbytes)
-        dense = dense_copies(n, k)
+        ck = kc.random_checkpoint(bits, gs, True, k, n)
+        nbytes = kc.weight_bytes(bits, gs, k, n, True)
+        preps = kc.prepared_copies(ck, nbytes)
+        dense = kc.dense_copies(n, k)
         for m in ms:
             label = f"W{bits} g{gs} sym {k}x{n} M={m}"
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            ref = reference_out(x, ck)
-            bf16 = time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
+            ref = kc.reference_out(x, ck)
+            bf16 = kc.time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
             rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
             old = default_config(m_bucket(m), n, k, bits, sym=False)  # asym keeps gemm_kernel's defaults
             cfgs = [("gemm_kernel default", old), ("default", default_config(m_bucket(m), n, k, bits))]
@@ -76,8 +68,8 @@ def main() -> None:
             base = None
             for kernel, cfg in cfgs:
                 try:
-                    err = rel_err(run(x, preps[0], cfg), ref)
-                    us = time_graph([lambda p=p, cfg=cfg, x=x: run(x, p, cfg) for p in preps])
+                    err = kc.rel_err(run(x, preps[0], cfg), ref)
+                    us = kc.time_graph([lambda p=p, cfg=cfg, x=x: run(x, p, cfg) for p in preps])
                 except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
                     rows.append(dict(shape=label, kernel=kernel, error=str(exc)[:300]))
                     continue
@@ -86,7 +78,7 @@ def main() -> None:
                            x_gemm_kernel=base / us, x_bf16=bf16 / us, tb_s=nbytes / us / 1e6)
                 if cfg.kind == "gemm16":
                     xh = x.half()
-                    row["rel_err_fp16"] = rel_err(run(xh, preps[0], cfg), reference_out(xh, ck))
+                    row["rel_err_fp16"] = kc.rel_err(run(xh, preps[0], cfg), kc.reference_out(xh, ck))
                 rows.append(row)
                 print(f"{label:34} {kernel:42} {us:7.1f} us  x{base / us:.2f} gemm_kernel  x{bf16 / us:.2f} bf16"
                       f"  err {err:.1e}" + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""),

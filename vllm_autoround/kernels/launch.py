@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -92,27 +93,44 @@ def gemv(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
     return out
 
 
-def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``x[M, K] @ W.T`` with :func:`triton_kernels.gemm_kernel` (tensor-core tiles)."""
-    m, k = x.shape
-    n = p.out_features
+class _Tiles(NamedTuple):
+    out: torch.Tensor
+    grid: tuple[int, int, int]
+    num_blocks: int
+    split: int
+    per_split: int
+    part: torch.Tensor  # float32 split-K partials, or ``out`` when there is one split
+    bias: torch.Tensor
+    has_bias: bool
+
+
+def _tiles(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None) -> _Tiles:
+    """Output, grid (M tiles, N tiles, K splits) and split-K buffers of a tensor-core launch."""
+    m, n = x.shape[0], p.out_features
     out = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
-    if m == 0:
-        return out
     num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
     m_tiles, n_tiles = -(-m // cfg.block_m), -(-n // cfg.block_n)
     split, per = split_plan(num_blocks, m_tiles * n_tiles, cfg.waves, p, x.device)
     part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
     bias, has_bias = _bias_arg(p, x)
-    tk.gemm_kernel[(m_tiles, n_tiles, split)](
-        x, p.qweight, p.scales, _zeros_arg(p), bias, out, part, p.counters,
-        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split, 0,
-        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split > 1, SCALE_AFTER=cfg.scale_after,
+    return _Tiles(out, (m_tiles, n_tiles, split), num_blocks, split, per, part, bias, has_bias)
+
+
+def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x[M, K] @ W.T`` with :func:`triton_kernels.gemm_kernel` (tensor-core tiles)."""
+    t = _tiles(x, p, cfg, out)
+    if t.out.shape[0] == 0:
+        return t.out
+    m, k = x.shape
+    tk.gemm_kernel[t.grid](
+        x, p.qweight, p.scales, _zeros_arg(p), t.bias, t.out, t.part, p.counters,
+        m, p.out_features, k, x.stride(0), t.out.stride(0), t.num_blocks, t.per_split, t.split, 0,
+        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=t.has_bias,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=t.split > 1, SCALE_AFTER=cfg.scale_after,
         W_FIRST=cfg.w_first, F32_DOT=tk.INTERPRETED, EVEN_K=_even_k(p),
         PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out
+    return t.out
 
 
 def gemm16_supported(p: PreparedWeight) -> bool:
@@ -125,24 +143,19 @@ def gemm16(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Ten
     if not gemm16_supported(p):
         raise ValueError(f"gemm16 decodes bits 2 and 4 with a shared zero point, not W{p.bits} "
                          f"{'sym' if p.zero_point >= 0 else 'asym'}")
+    t = _tiles(x, p, cfg, out)
+    if t.out.shape[0] == 0:
+        return t.out
     m, k = x.shape
     n = p.out_features
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
-    if m == 0:
-        return out
-    num_blocks = p.padded_in_features // block_k(p.bits, p.interleave)
-    m_tiles, n_tiles = -(-m // cfg.block_m), -(-n // cfg.block_n)
-    split, per = split_plan(num_blocks, m_tiles * n_tiles, cfg.waves, p, x.device)
-    part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
-    bias, has_bias = _bias_arg(p, x)
-    tk.gemm16_kernel[(m_tiles, n_tiles, split)](
-        x, p.qweight.view(torch.int16), p.scales, bias, out, part, p.counters,
-        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
-        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=has_bias,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=split > 1, EVEN_K=_even_k(p), EVEN_N=n % cfg.block_n == 0,
-        INTERPRETED=tk.INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    tk.gemm16_kernel[t.grid](
+        x, p.qweight.view(torch.int16), p.scales, t.bias, t.out, t.part, p.counters,
+        m, n, k, x.stride(0), t.out.stride(0), t.num_blocks, t.per_split, t.split,
+        BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=t.has_bias,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=t.split > 1, EVEN_K=_even_k(p),
+        EVEN_N=n % cfg.block_n == 0, INTERPRETED=tk.INTERPRETED, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out
+    return t.out
 
 
 def dequantize(p: PreparedWeight, dtype: torch.dtype, cfg: KernelConfig | None = None) -> torch.Tensor:

@@ -169,6 +169,28 @@ def _mma(a, b, acc, dt: tl.constexpr, F32_DOT: tl.constexpr):
 
 
 @_jit
+def _tile(M, N, num_blocks, blocks_per_split, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's output tile (grid: M tiles, N tiles, K splits): row and column offsets and masks, its
+    K blocks ``[b_start, b_end)``, and the tile's number among the tiles (for the split-K counters)."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b_start = tl.program_id(2) * blocks_per_split
+    b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
+    tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    return offs_m, offs_n, offs_m < M, offs_n < N, b_start, b_end, tile
+
+
+@_jit
+def _x_slice_t(x_ptr, offs_m, m_mask, kk, K, stride_xm, EVEN_K: tl.constexpr):
+    """``x[offs_m, kk]ᵀ`` as an ``[R, BLOCK_M]`` tile, zero past M and (unless EVEN_K) past K."""
+    if EVEN_K:
+        k_mask = kk >= 0
+    else:
+        k_mask = kk < K
+    return tl.load(x_ptr + offs_m[None, :] * stride_xm + kk[:, None], mask=m_mask[None, :] & k_mask[:, None], other=0)
+
+
+@_jit
 def _shifted_field(w, P: tl.constexpr, WIDTH: tl.constexpr, TOP: tl.constexpr, opaque_zero):
     """``(2**(23-pos) + field`` as float32, ``2**(23-pos)``) for the WIDTH-bit field at bit P of ``w``.
 
@@ -375,13 +397,7 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     ROWS: tl.constexpr = 3 * R if BITS == 3 else R
     BK: tl.constexpr = R * NS
     dt = x_ptr.dtype.element_ty
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
+    offs_m, offs_n, m_mask, n_mask, b_start, b_end, tile = _tile(M, N, num_blocks, blocks_per_split, BLOCK_M, BLOCK_N)
     offs_r = tl.arange(0, R)
     if W_FIRST:
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
@@ -389,8 +405,6 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if GS == 0:
         s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
-    b_start = pid_k * blocks_per_split
-    b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
     if W_FIRST:
         w_ptrs = w_ptr + offs_r[None, :] * N + offs_n[:, None]
         w_mask = n_mask[:, None]
@@ -419,13 +433,8 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                 if (j * R) % GS == 0:
                     s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
             kk = kj + offs_r
-            if EVEN_K:
-                k_mask = kk >= 0
-            else:
-                k_mask = kk < K
             if W_FIRST:
-                xj = tl.load(x_ptr + offs_m[None, :] * stride_xm + kk[:, None],
-                             mask=m_mask[None, :] & k_mask[:, None], other=0)
+                xj = _x_slice_t(x_ptr, offs_m, m_mask, kk, K, stride_xm, EVEN_K)
                 q = _decode(wa, wb, wc, zc[:, None], j, BITS, opaque_zero)
                 if SCALE_AFTER:
                     if GS != 0:
@@ -435,6 +444,10 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                 else:
                     acc = _mma(q * s[:, None], xj, acc, dt, F32_DOT)
             else:
+                if EVEN_K:
+                    k_mask = kk >= 0
+                else:
+                    k_mask = kk < K
                 xj = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :],
                              mask=m_mask[:, None] & k_mask[None, :], other=0)
                 q = _decode(wa, wb, wc, zc[None, :], j, BITS, opaque_zero)
@@ -466,8 +479,12 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
         y = tl.trans(acc)
     else:
         y = acc
-    _finish(y, offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr,
-            pid_m * tl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT)
+    _finish(y, offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr, tile, tl.program_id(2), split_k,
+            HAS_BIAS, SPLIT)
+
+
+# One 32-bit shift right by SH for two int16 lanes, indexed by SH (even shifts only: fields of 2 or 4 bits).
+_SHR32: tl.constexpr = tl.constexpr(tuple(f"shr.b32 $0, $1, {sh};" for sh in range(16)))
 
 
 @_jit
@@ -478,19 +495,7 @@ def _shr16(h, SH: tl.constexpr, ASM: tl.constexpr):
         return h
     if not ASM:
         return h >> tl.full(h.shape, SH, tl.int16)
-    if SH == 2:
-        return tl.inline_asm_elementwise("shr.b32 $0, $1, 2;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
-    if SH == 4:
-        return tl.inline_asm_elementwise("shr.b32 $0, $1, 4;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
-    if SH == 6:
-        return tl.inline_asm_elementwise("shr.b32 $0, $1, 6;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
-    if SH == 8:
-        return tl.inline_asm_elementwise("shr.b32 $0, $1, 8;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
-    if SH == 10:
-        return tl.inline_asm_elementwise("shr.b32 $0, $1, 10;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
-    if SH == 12:
-        return tl.inline_asm_elementwise("shr.b32 $0, $1, 12;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
-    return tl.inline_asm_elementwise("shr.b32 $0, $1, 14;", "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
+    return tl.inline_asm_elementwise(_SHR32[SH], "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
 
 
 @_jit
@@ -531,20 +536,12 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     PER_HALF: tl.constexpr = 16 // BITS
     BK: tl.constexpr = R * NS
     dt = x_ptr.dtype.element_ty
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m, offs_n, m_mask, n_mask, b_start, b_end, tile = _tile(M, N, num_blocks, blocks_per_split, BLOCK_M, BLOCK_N)
     offs_r = tl.arange(0, R)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     accg = tl.zeros_like(acc)
     if GS == 0:
         s, zc = _group_params(s_ptr, s_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
-    b_start = pid_k * blocks_per_split
-    b_end = tl.minimum(b_start + blocks_per_split, num_blocks)
     w_ptrs = w_ptr + offs_r[None, :] * (2 * N) + 2 * offs_n[:, None]
     w_mask = n_mask[:, None]
     for b in range(b_start, b_end):
@@ -556,13 +553,7 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             if GS != 0:
                 if (j * R) % GS == 0:
                     s, zc = _group_params(s_ptr, s_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
-            kk = kj + offs_r
-            if EVEN_K:
-                k_mask = kk >= 0
-            else:
-                k_mask = kk < K
-            xj = tl.load(x_ptr + offs_m[None, :] * stride_xm + kk[:, None], mask=m_mask[None, :] & k_mask[:, None],
-                         other=0)
+            xj = _x_slice_t(x_ptr, offs_m, m_mask, kj + offs_r, K, stride_xm, EVEN_K)
             if j < PER_HALF:
                 q = _decode16(lo, j * BITS, BITS, ZERO, dt, INTERPRETED)
             else:
@@ -574,8 +565,8 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                     accg = tl.zeros_like(acc)
     if GS == 0:
         acc = accg * s[:, None]
-    _finish(tl.trans(acc), offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr,
-            pid_m * tl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT)
+    _finish(tl.trans(acc), offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr, tile, tl.program_id(2),
+            split_k, HAS_BIAS, SPLIT)
 
 
 @_jit_runtime_ints
