@@ -1,8 +1,8 @@
 """Count the machine instructions of the gemv kernel's main loop, for sm_90, on a machine without a GPU.
 
-``--kernel gemm16`` instead reports how the register-operand gemm kernel compiles: how many tiles cross
-shared memory per K block (two 16-bit word tiles, no decoded tiles) and whether every MMA takes the weight
-from registers (docs/kernels.md, "The register-operand gemm").
+``--kernel gemm16`` instead reports how the register-operand gemm kernel compiles: which tiles reach the
+weight operand's register layout per K block (one int32 word tile, no decoded tiles), which are pipelined
+with cp.async, and whether every MMA takes the weight from registers (docs/kernels.md, "The register-operand gemm").
 
 Triton's wheel carries ``ptxas`` and ``nvdisasm``, so the kernels compile to Hopper SASS here; the loop's
 instruction mix per decoded weight value and the register count say, before any device time is spent,
@@ -64,7 +64,7 @@ def compile_gemm16(bits: int, group_size: int, block_m: int, block_n: int, warps
     from triton.compiler import ASTSource
 
     kernel = _triton_kernels().gemm16_kernel
-    signature = {"x_ptr": "*bf16", "w_ptr": "*i16", "s_ptr": "*fp16", "b_ptr": "*bf16", "out_ptr": "*bf16",
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*bf16", "out_ptr": "*bf16",
                  "part_ptr": "*fp32", "cnt_ptr": "*i32"}
     signature |= {name: "i32" for name in ("M", "N", "K", "stride_xm", "stride_om", "num_blocks",
                                            "blocks_per_split", "split_k")}
@@ -77,18 +77,25 @@ def compile_gemm16(bits: int, group_size: int, block_m: int, block_n: int, warps
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
 
-def gemm16_report(bits: int, group_size: int, block_m: int = 16, block_n: int = 128, warps: int = 4) -> dict:
-    """Shared-memory tiles per K block by element type, MMAs with the weight in registers, loop instructions."""
-    compiled = compile_gemm16(bits, group_size, block_m, block_n, warps)
+# A tile read from shared memory into the MMA's register operand (A, opIdx 0), or converted to it.
+_TO_A_OPERAND = re.compile(r"ttg\.(?:local_load|convert_layout) [^\n]*-> tensor<\d+x\d+x(\w+), "
+                           r"#ttg\.dot_op<\{opIdx = 0")
+_ASYNC_COPY = re.compile(r"ttg\.async_copy_global_to_local [^\n]*-> <\d+x\d+x(\w+),")
+
+
+def gemm16_report(bits: int, group_size: int, block_m: int = 16, block_n: int = 128, warps: int = 4,
+                  stages: int = 2) -> dict:
+    """Tiles brought into the weight operand's register layout per K block (by element type), tiles loaded
+    with cp.async, MMAs with the weight in registers, loop instructions per weight value."""
+    compiled = compile_gemm16(bits, group_size, block_m, block_n, warps, stages)
     ttgir = compiled.asm["ttgir"]
-    alloc = re.compile(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+x(\w+)")
-    allocs = collections.Counter(m.group(1) for m in alloc.finditer(ttgir))
     dots = re.findall(r"warp_group_dot %\S+, %\S+, %\S+ .*?: tensor<\d+x\d+x\w+, #ttg\.dot_op", ttgir)
     sass, usage = disassemble(compiled.asm["cubin"])
     ops = main_loop_opcodes(sass)
     values_per_thread = 16 * block_n * (32 // bits) / (32 * warps)
     regs = re.search(r"REG:(\d+)", usage)
-    return {"shared_tiles": dict(allocs), "register_operand_dots": len(dots),
+    return {"a_operand_tiles": dict(collections.Counter(_TO_A_OPERAND.findall(ttgir))),
+            "async_copied": sorted(set(_ASYNC_COPY.findall(ttgir))), "register_operand_dots": len(dots),
             "registers": int(regs.group(1)) if regs else None, "loop_instructions": sum(ops.values()),
             "per_value": sum(ops.values()) / values_per_thread, "opcodes": dict(ops.most_common())}
 

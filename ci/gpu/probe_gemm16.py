@@ -1,16 +1,19 @@
-"""The register-operand gemm (``gemm16_kernel``) against gemm_kernel and bf16 ``F.linear`` at M = 16-128.
+"""The register-operand gemm (``gemm16_kernel``) against gemm_kernel, dequantize + cuBLAS and bf16 ``F.linear``.
 
-For each sym W4/W2 shape and M it times, with CUDA-graph replay over weight copies larger than L2
-(kernel_common): bf16 ``F.linear``, gemm_kernel's default for that M bucket, the current default
-(``tuning.default_config``) and each gemm16 tiling; every output is checked against a float32 reference,
-in bf16 and (gemm16 only) fp16. No vLLM needed::
+For each shape and M it times, with CUDA-graph replay over weight copies larger than L2
+(kernel_common): bf16 ``F.linear``, the current default (``tuning.default_config``), gemm_kernel's default
+for that M bucket, dequantize + cuBLAS from M=64 on, and each gemm16 tiling; every output is checked
+against a float32 reference, in bf16 and (gemm16 only) fp16. ``--baseline FILE`` also times the gemm16
+kernel of an older ``triton_kernels.py`` (one that reads the words as int16 halves) with each tiling. No vLLM needed::
 
-    PYTHONPATH=. python3 ci/gpu/probe_gemm16.py --out $OUT/probe_gemm16.json [--budget 300]
+    git show 2af8955:vllm_autoround/kernels/triton_kernels.py > /tmp/tk_int16.py
+    PYTHONPATH=. python3 ci/gpu/probe_gemm16.py --out $OUT/probe_gemm16.json [--baseline /tmp/tk_int16.py]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -24,65 +27,101 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import kernel_common as kc  # noqa: E402
 
+from vllm_autoround.kernels import launch  # noqa: E402
 from vllm_autoround.kernels.launch import run  # noqa: E402
-from vllm_autoround.kernels.tuning import default_config, gemm16_config, m_bucket  # noqa: E402
+from vllm_autoround.kernels.tuning import DEQUANT, default_config, gemm16_config, m_bucket  # noqa: E402
 
-# (bits, group size, K, N, Ms); all sym: gemm16 decodes one shared zero point
-CASES = ((4, 128, 4096, 14336, (16, 32, 64, 128)), (4, 128, 14336, 4096, (16, 32, 64)),
-         (4, 128, 4096, 6144, (16, 32, 64)), (4, 128, 8192, 28672, (16, 32, 64)),
-         (2, 64, 4096, 14336, (16, 32, 64, 128)), (2, 64, 14336, 4096, (16, 64)))
-TILINGS = {16: (gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4), gemm16_config(16, 64, 4)),
-           32: (gemm16_config(32, 64, 4), gemm16_config(32, 64, 4, stages=2), gemm16_config(64, 128, 2)),
-           64: (gemm16_config(64, 128, 2), gemm16_config(64, 128, 2, stages=2), gemm16_config(64, 64, 4)),
-           128: (gemm16_config(64, 128, 2), gemm16_config(64, 128, 2, stages=2))}
-
-
+SMALL_M = (16, 32, 64)
+LARGE_M = (128,)
+# (bits, group size, sym, K, N, Ms); gemm16 decodes sym 2- and 4-bit codes
+CASES = ((4, 128, True, 4096, 14336, SMALL_M + LARGE_M), (4, 128, True, 14336, 4096, SMALL_M),
+         (4, 128, True, 4096, 6144, SMALL_M), (4, 128, True, 8192, 28672, SMALL_M),
+         (2, 64, True, 4096, 14336, SMALL_M + LARGE_M), (2, 64, True, 14336, 4096, (16, 64)))
+LARGE = (gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8))
+TILINGS = {16: (gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4, stages=3), gemm16_config(16, 64, 4),
+                gemm16_config(16, 128, 8, stages=3)),
+           32: (gemm16_config(32, 64, 4, stages=2), gemm16_config(32, 64, 4), gemm16_config(32, 128, 4, stages=3),
+                gemm16_config(64, 128, 2, stages=2)),
+           64: (gemm16_config(64, 128, 2, stages=2), gemm16_config(64, 128, 2, stages=3), gemm16_config(64, 64, 4),
+                gemm16_config(64, 128, 4, stages=3))} | {m: LARGE for m in LARGE_M}
 def name(cfg) -> str:
+    if cfg.kind == "dequant":
+        return "dequant+cuBLAS"
     return f"{cfg.kind} bm{cfg.block_m} bn{cfg.block_n} w{cfg.waves:g} warps{cfg.num_warps} st{cfg.num_stages}"
+
+
+def load_module(path: str):
+    spec = importlib.util.spec_from_file_location("baseline_triton_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def baseline_gemm16(tk_old, x, p, cfg):
+    """The older gemm16 kernel (words read as ``[rows, 2N]`` int16) with the current launcher's tiling."""
+    t = launch._tiles(x, p, cfg, None)
+    m, k = x.shape
+    n = p.out_features
+    tk_old.gemm16_kernel[t.grid](
+        x, p.qweight.view(torch.int16), p.scales, t.bias, t.out, t.part, p.counters,
+        m, n, k, x.stride(0), t.out.stride(0), t.num_blocks, t.per_split, t.split,
+        BITS=p.bits, R=p.interleave, GS=launch._group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=t.has_bias,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=t.split > 1, EVEN_K=launch._even_k(p),
+        EVEN_N=n % cfg.block_n == 0, INTERPRETED=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return t.out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget", type=float, default=300, help="seconds; later cases are skipped")
+    ap.add_argument("--baseline", help="an older triton_kernels.py whose gemm16 kernel is timed alongside")
+    ap.add_argument("--cases", help="indices into CASES, comma-separated (default: all)")
+    ap.add_argument("--min_m", type=int, default=1, help="skip smaller M")
     a = ap.parse_args()
+    tk_old = load_module(a.baseline) if a.baseline else None
+    cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES
     t0 = time.time()
     rows = []
-    for bits, gs, k, n, ms in CASES:
+    for bits, gs, sym, k, n, ms in cases:
         if time.time() - t0 > a.budget:
             print(f"budget spent: W{bits} {k}x{n} skipped", flush=True)
             continue
-        ck = kc.random_checkpoint(bits, gs, True, k, n)
-        nbytes = kc.weight_bytes(bits, gs, k, n, True)
+        ck = kc.random_checkpoint(bits, gs, sym, k, n)
+        nbytes = kc.weight_bytes(bits, gs, k, n, sym)
         preps = kc.prepared_copies(ck, nbytes)
         dense = kc.dense_copies(n, k)
-        for m in ms:
-            label = f"W{bits} g{gs} sym {k}x{n} M={m}"
+        for m in (m for m in ms if m >= a.min_m):
+            label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = kc.reference_out(x, ck)
             bf16 = kc.time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
             rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
-            old = default_config(m_bucket(m), n, k, bits, sym=False)  # asym keeps gemm_kernel's defaults
-            cfgs = [("gemm_kernel default", old), ("default", default_config(m_bucket(m), n, k, bits))]
-            cfgs += [(name(c), c) for c in TILINGS[m_bucket(m)]]
-            base = None
-            for kernel, cfg in cfgs:
+            mb = m_bucket(m)
+            cfgs = [("default", default_config(mb, n, k, bits, sym)),
+                    ("gemm_kernel default", default_config(mb, n, k, bits, sym=False))]
+            cfgs += [("dequant+cuBLAS", DEQUANT)] if m >= 64 else []
+            cfgs += [(name(c), c) for c in TILINGS[mb] if c.kind != "gemm16" or (sym and bits in (2, 4))]
+            runs = [(kernel, cfg, lambda x, p, cfg=cfg: run(x, p, cfg)) for kernel, cfg in cfgs]
+            if tk_old is not None and sym and bits in (2, 4):
+                runs += [("int16-load " + name(c), c, lambda x, p, c=c: baseline_gemm16(tk_old, x, p, c))
+                         for c in TILINGS[mb] if c.kind == "gemm16"]
+            for kernel, cfg, fn in runs:
                 try:
-                    err = kc.rel_err(run(x, preps[0], cfg), ref)
-                    us = kc.time_graph([lambda p=p, cfg=cfg, x=x: run(x, p, cfg) for p in preps])
+                    err = kc.rel_err(fn(x, preps[0]), ref)
+                    us = kc.time_graph([lambda p=p, fn=fn, x=x: fn(x, p) for p in preps])
                 except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
                     rows.append(dict(shape=label, kernel=kernel, error=str(exc)[:300]))
+                    print(f"{label:34} {kernel:52} failed: {str(exc)[:120]}", flush=True)
                     continue
-                base = base or us
                 row = dict(shape=label, kernel=kernel, config=cfg.to_dict(), us=us, rel_err=err,
-                           x_gemm_kernel=base / us, x_bf16=bf16 / us, tb_s=nbytes / us / 1e6)
+                           x_bf16=bf16 / us, tb_s=nbytes / us / 1e6)
                 if cfg.kind == "gemm16":
                     xh = x.half()
-                    row["rel_err_fp16"] = kc.rel_err(run(xh, preps[0], cfg), kc.reference_out(xh, ck))
+                    row["rel_err_fp16"] = kc.rel_err(fn(xh, preps[0]), kc.reference_out(xh, ck))
                 rows.append(row)
-                print(f"{label:34} {kernel:42} {us:7.1f} us  x{base / us:.2f} gemm_kernel  x{bf16 / us:.2f} bf16"
-                      f"  err {err:.1e}" + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""),
-                      flush=True)
+                print(f"{label:34} {kernel:52} {us:8.1f} us  x{bf16 / us:.2f} bf16  err {err:.1e}"
+                      + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""), flush=True)
         del preps, dense
         torch.cuda.empty_cache()
         Path(a.out).write_text(json.dumps(rows, indent=1))

@@ -36,11 +36,13 @@ def test_main_loop_does_one_fma_and_one_lop3_per_weight_value():
 
 
 def test_gemm16_keeps_the_weight_operand_in_registers():
-    """Per K block only the two 16-bit word tiles cross shared memory, and all 8 MMAs of a W4 block take the
-    decoded weight from registers. A decode op Triton cannot move the layout conversion through (a
-    truncation, a broadcast zero point, a kernel-argument constant) would bring back 8 decoded bf16 tiles."""
+    """Per K block only the int32 word tile reaches the weight operand's register layout (through shared
+    memory, loaded there with cp.async), and all 8 MMAs of a W4 block take the decoded weight from registers.
+    A decode op Triton cannot move the layout conversion through (a float truncation, a broadcast zero point,
+    a kernel-argument constant) would bring back 8 decoded bf16 tiles; 16-bit word loads are not pipelined."""
     report = _report("--kernel", "gemm16", "--bits", "4", "--group_size", "128")
-    assert report["shared_tiles"] == {"i16": 2}, report["shared_tiles"]
+    assert report["a_operand_tiles"] == {"i32": 1}, report["a_operand_tiles"]
+    assert "i32" in report["async_copied"], report["async_copied"]
     assert report["register_operand_dots"] == 8, report
     # One 32-bit shift per two codes (inline PTX), a packed mask-and-OR and a packed subtraction: ~4 per value
     # with Triton 3.9, against 5.1 for gemm_kernel's weight-first tile.

@@ -37,7 +37,7 @@ def test_register_operand_kernel_only_where_it_decodes(mb, bits, sym):
     """gemm16 decodes bits 2 and 4 with one shared zero point; asym, 3- and 8-bit layers keep gemm_kernel."""
     kinds = {c.kind for c in candidates(mb, 4096, 4096, bits, sym)}
     assert ("gemm16" in kinds) == (sym and bits in (2, 4) and 1 < mb <= 128)
-    if 1 < mb <= 64:
+    if 1 < mb <= 128:
         assert (default_config(mb, 4096, 4096, bits, sym).kind == "gemm16") == (sym and bits in (2, 4))
 
 

@@ -149,7 +149,7 @@ def gemm16(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Ten
     m, k = x.shape
     n = p.out_features
     tk.gemm16_kernel[t.grid](
-        x, p.qweight.view(torch.int16), p.scales, t.bias, t.out, t.part, p.counters,
+        x, p.qweight, p.scales, t.bias, t.out, t.part, p.counters,
         m, n, k, x.stride(0), t.out.stride(0), t.num_blocks, t.per_split, t.split,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=t.has_bias,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=t.split > 1, EVEN_K=_even_k(p),

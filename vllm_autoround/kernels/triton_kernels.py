@@ -526,11 +526,12 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                   EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, INTERPRETED: tl.constexpr):
     """Weight-first tensor-core tiles (``accᵀ = W · xᵀ``) with the weight operand kept in registers.
 
-    ``w_ptr`` is the repacked int32 layout read as int16 (``[rows, 2N]``: the low and high half of each word
-    side by side), so the codes are decoded from 16-bit lanes by :func:`_decode16`. Triton then converts the
-    two loaded half tiles of a K block to the MMA's register layout (one trip through shared memory each),
-    where ``gemm_kernel`` sends every decoded slice through shared memory. Bits 2 and 4, one zero point for
-    all groups (sym): a per-group zero point would need a broadcast, which stops that conversion from moving.
+    Each K block's int32 word tile is split into its low and high 16-bit halves, and the codes are decoded
+    from 16-bit lanes by :func:`_decode16`. Integer ops only up to the MMA operand, so Triton converts the
+    loaded word tile itself to the MMA's register layout (the words cross shared memory once, where
+    ``gemm_kernel`` sends every decoded slice through it), and as 32-bit loads that feed an MMA the words are
+    pipelined with cp.async (16-bit loads cannot be). Bits 2 and 4, one zero point for all groups (sym): a
+    per-group zero point would need a broadcast, which stops that conversion from moving.
     """
     NS: tl.constexpr = 32 // BITS
     PER_HALF: tl.constexpr = 16 // BITS
@@ -542,12 +543,13 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     accg = tl.zeros_like(acc)
     if GS == 0:
         s, zc = _group_params(s_ptr, s_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
-    w_ptrs = w_ptr + offs_r[None, :] * (2 * N) + 2 * offs_n[:, None]
+    w_ptrs = w_ptr + offs_r[None, :] * N + offs_n[:, None]
     w_mask = n_mask[:, None]
     for b in range(b_start, b_end):
         k0 = b * BK
-        lo = _load_words(w_ptrs + b * (2 * R * N), w_mask, EVEN_N)
-        hi = _load_words(w_ptrs + b * (2 * R * N) + 1, w_mask, EVEN_N)
+        words = _load_words(w_ptrs + b * (R * N), w_mask, EVEN_N)
+        lo = words.to(tl.int16)
+        hi = (words >> 16).to(tl.int16)
         for j in tl.static_range(NS):
             kj = k0 + j * R
             if GS != 0:

@@ -63,15 +63,17 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True) -> Kern
         # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
         # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
         return gemv_config(128, 4, prefetch=bits != 3)
-    if sym and bits in (2, 4) and mb <= 64:
-        # H200 sweep (ci/gpu/probe_gemm16.py; docs/kernels.md): the register-operand kernel against gemm_kernel's
-        # defaults, W4 on four shapes / W2 on two: M=16 1.07-1.12x / 1.23-1.37x, M=32 1.24-1.28x / 1.36x,
-        # M=64 1.04-1.09x / 1.32-1.45x.
+    if sym and bits in (2, 4) and mb <= 128:
+        # H200 sweeps (ci/gpu/probe_gemm16.py; docs/kernels.md, "The register-operand gemm"): with its word
+        # tiles pipelined (32-bit loads), gemm16 beats gemm_kernel's defaults at M=16-64 on every shape
+        # measured and dequantize + cuBLAS at M=128; a 3-stage pipeline wins from M=32 on.
         if mb <= 16:
             return gemm16_config(16, 128, 4, stages=2)
         if mb <= 32:
-            return gemm16_config(32, 64, 4, stages=2)
-        return gemm16_config(64, 128, 2, stages=2)
+            return gemm16_config(32, 128, 4, stages=3) if bits == 4 else gemm16_config(32, 64, 4, stages=2)
+        if mb <= 64:
+            return gemm16_config(64, 128, 2, stages=3)
+        return gemm16_config(64, 128, 1, stages=3)
     # H100 sweep (ci/gpu/probe_gemm.py, docs/kernels.md): 2- and 3-bit decode more slices per word, so
     # narrower tiles win and dequantize + cuBLAS takes over at a smaller M; 3-bit's three word tiles do not
     # fit a 64 x 128 tile's pipeline in shared memory at all.
@@ -105,10 +107,13 @@ def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True) -> list[Ker
                 gemm_config(64, 64, 2)]
     if sym and bits in (2, 4) and 1 < mb <= 128:
         if mb <= 16:
-            out += [gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4), gemm16_config(16, 64, 4)]
+            out += [gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4), gemm16_config(16, 64, 4),
+                    gemm16_config(16, 128, 8)]
+        elif mb <= 64:
+            out += [gemm16_config(32, 128, 4), gemm16_config(32, 64, 4, stages=2),
+                    gemm16_config(64, 128, 2), gemm16_config(64, 128, 2, stages=2)]
         else:
-            out += [gemm16_config(32, 64, 4, stages=2), gemm16_config(32, 64, 4),
-                    gemm16_config(64, 128, 2, stages=2), gemm16_config(64, 128, 2)]
+            out += [gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8)]
     if mb >= 128:
         out.append(LARGE_TILE)
     if mb >= 64:
