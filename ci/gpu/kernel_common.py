@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import math
-import statistics
-
 import torch
 
 from vllm_autoround.format.packing import pack_cols
 from vllm_autoround.kernels.reference import dequantize
-
-L2_FALLBACK_BYTES = 50 * 2**20  # an H100's; the CPU dry runs use it
-
-
-@functools.cache
-def l2_bytes() -> int:
-    """The GPU's L2 size (50 MiB on an H100, 60 MiB on an H200), which rotated copies must exceed."""
-    if not torch.cuda.is_available():
-        return L2_FALLBACK_BYTES
-    return getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or L2_FALLBACK_BYTES
+from vllm_autoround.kernels.timing import copies_for, l2_bytes  # noqa: F401 - the scripts import them from here
+from vllm_autoround.kernels.timing import graph_time_us as time_graph  # noqa: F401
 
 
 def random_checkpoint(bits: int, group_size: int, sym: bool, k: int, n: int, device: str = "cuda",
@@ -65,11 +53,6 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.float() - ref).norm() / ref.norm()).item()
 
 
-def copies_for(nbytes: int, factor: float = 3.0) -> int:
-    """Weight copies so that cycling through them streams at least ``factor`` x L2 from DRAM."""
-    return max(2, math.ceil(factor * l2_bytes() / max(nbytes, 1)))
-
-
 def dense_copies(n: int, k: int, device: str = "cuda") -> list[torch.Tensor]:
     """bf16 ``[n, k]`` weights (std 0.02), enough copies that timing ``F.linear`` over them streams past L2."""
     return [torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02 for _ in range(copies_for(2 * k * n))]
@@ -83,36 +66,6 @@ def prepared_copies(ckpt: dict, nbytes: int) -> list:
     return [prepare_weight(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"].clone(), bits=ckpt["bits"],
                            group_size=ckpt["group_size"], zero_point_offset=ckpt["zero_point_offset"])
             for _ in range(copies_for(nbytes))]
-
-
-def time_graph(fns: list, reps: int = 25, min_calls: int = 24) -> float:
-    """Median µs per call: a CUDA graph replays calls cycling through ``fns`` (rotated weights)."""
-    for f in fns:
-        f()
-    torch.cuda.synchronize()
-    calls = max(min_calls, len(fns))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for i in range(calls):
-            fns[i % len(fns)]()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / calls)
-    del graph
-    return statistics.median(times)
 
 
 def weight_bytes(bits: int, group_size: int, k: int, n: int, sym: bool) -> int:

@@ -4,7 +4,7 @@ For each shape and M it times, with CUDA-graph replay over weight copies larger 
 (kernel_common): bf16 ``F.linear``, the current default (``tuning.default_config``), gemm_kernel's default
 for that M bucket, dequantize + cuBLAS from M=64 on, and each gemm16 tiling; every output is checked
 against a float32 reference, in bf16 and (gemm16 only) fp16. ``--baseline FILE`` also times the gemm16
-kernel of an older ``triton_kernels.py`` (one that reads the words as int16 halves) with each tiling. No vLLM needed::
+kernel of an older ``triton_kernels.py`` with each tiling. No vLLM needed::
 
     git show 2af8955:vllm_autoround/kernels/triton_kernels.py > /tmp/tk_int16.py
     PYTHONPATH=. python3 ci/gpu/probe_gemm16.py --out $OUT/probe_gemm16.json [--baseline /tmp/tk_int16.py]
@@ -32,12 +32,13 @@ from vllm_autoround.kernels.launch import run  # noqa: E402
 from vllm_autoround.kernels.tuning import DEQUANT, default_config, gemm16_config, m_bucket  # noqa: E402
 
 SMALL_M = (16, 32, 64)
-LARGE_M = (128,)
+LARGE_M = (128, 256, 1024)
 # (bits, group size, sym, K, N, Ms); gemm16 decodes sym 2- and 4-bit codes
 CASES = ((4, 128, True, 4096, 14336, SMALL_M + LARGE_M), (4, 128, True, 14336, 4096, SMALL_M),
          (4, 128, True, 4096, 6144, SMALL_M), (4, 128, True, 8192, 28672, SMALL_M),
          (2, 64, True, 4096, 14336, SMALL_M + LARGE_M), (2, 64, True, 14336, 4096, (16, 64)))
-LARGE = (gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8))
+LARGE = (gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8), gemm16_config(128, 128, 1, warps=8, stages=2),
+         gemm16_config(256, 128, 1, warps=8, stages=2), gemm16_config(256, 64, 1, stages=2))
 TILINGS = {16: (gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4, stages=3), gemm16_config(16, 64, 4),
                 gemm16_config(16, 128, 8, stages=3)),
            32: (gemm16_config(32, 64, 4, stages=2), gemm16_config(32, 64, 4), gemm16_config(32, 128, 4, stages=3),
@@ -54,16 +55,19 @@ def load_module(path: str):
     spec = importlib.util.spec_from_file_location("baseline_triton_kernels", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.READS_INT16 = "(words >> 16)" not in Path(path).read_text()
     return module
 
 
 def baseline_gemm16(tk_old, x, p, cfg):
-    """The older gemm16 kernel (words read as ``[rows, 2N]`` int16) with the current launcher's tiling."""
+    """An older gemm16 kernel with the current launcher's tiling (before 901ed0b it read the words as
+    ``[rows, 2N]`` int16)."""
     t = launch._tiles(x, p, cfg, None)
+    words = p.qweight.view(torch.int16) if tk_old.READS_INT16 else p.qweight
     m, k = x.shape
     n = p.out_features
     tk_old.gemm16_kernel[t.grid](
-        x, p.qweight.view(torch.int16), p.scales, t.bias, t.out, t.part, p.counters,
+        x, words, p.scales, t.bias, t.out, t.part, p.counters,
         m, n, k, x.stride(0), t.out.stride(0), t.num_blocks, t.per_split, t.split,
         BITS=p.bits, R=p.interleave, GS=launch._group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=t.has_bias,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=t.split > 1, EVEN_K=launch._even_k(p),
@@ -104,7 +108,7 @@ def main() -> None:
             cfgs += [(name(c), c) for c in TILINGS[mb] if c.kind != "gemm16" or (sym and bits in (2, 4))]
             runs = [(kernel, cfg, lambda x, p, cfg=cfg: run(x, p, cfg)) for kernel, cfg in cfgs]
             if tk_old is not None and sym and bits in (2, 4):
-                runs += [("int16-load " + name(c), c, lambda x, p, c=c: baseline_gemm16(tk_old, x, p, c))
+                runs += [("baseline " + name(c), c, lambda x, p, c=c: baseline_gemm16(tk_old, x, p, c))
                          for c in TILINGS[mb] if c.kind == "gemm16"]
             for kernel, cfg, fn in runs:
                 try:

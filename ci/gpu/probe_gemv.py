@@ -4,9 +4,9 @@ For each shape it times, with CUDA-graph replay over weight copies larger than L
 bf16 ``F.linear``; the gemv kernel in several tilings; a *load-only* kernel that streams the same words
 with the same tiling and split-K but only XORs them (the memory floor of that access pattern); and the
 gemv kernel re-reading one L2-resident copy (its cost with memory nearly free). ``--baseline FILE`` also
-times the gemv kernel of an older ``triton_kernels.py`` in the same run (for example
-``git show 7fd285c:vllm_autoround/kernels/triton_kernels.py > /tmp/old_tk.py``: the kernel before the
-one-LOP3-per-value decode). ``--ncu`` instead runs two gemv launches for Nsight Compute to profile::
+times the gemv kernel of an older ``triton_kernels.py`` (one with the current kernel arguments) in the same
+run, for example ``git show 901ed0b:vllm_autoround/kernels/triton_kernels.py > /tmp/old_tk.py``: the kernel
+that prefetched only the next block's words. ``--ncu`` instead runs two gemv launches for Nsight Compute to profile::
 
     python3 ci/gpu/probe_gemv.py --out $OUT/probe.json [--baseline /tmp/old_tk.py]
     ncu --clock-control none --kernel-name regex:gemv_kernel --launch-skip 2 --launch-count 2 \\
@@ -39,6 +39,7 @@ from kernel_common import (  # noqa: E402
     weight_bytes,
 )
 
+from vllm_autoround.kernels import launch  # noqa: E402
 from vllm_autoround.kernels.launch import KernelConfig, run, split_plan  # noqa: E402
 from vllm_autoround.kernels.layout import INTERLEAVE, block_k, prepare_weight  # noqa: E402
 
@@ -46,10 +47,10 @@ from vllm_autoround.kernels.layout import INTERLEAVE, block_k, prepare_weight  #
 SHAPES = ((4, 128, True, 4096, 14336), (4, 128, False, 4096, 14336), (3, 64, True, 4096, 14336),
           (2, 64, True, 4096, 14336), (8, 128, True, 4096, 14336), (4, 128, True, 14336, 4096),
           (4, 128, True, 4096, 6144), (4, 128, True, 8192, 28672))
-# (BLOCK_N, WARP_N, waves, warps, prefetch); the first is the M=1 default
-TILINGS = ((128, 32, 8, 4, False), (256, 32, 8, 4, False), (128, 32, 8, 4, True), (256, 32, 8, 4, True),
-           (128, 64, 8, 4, False), (128, 32, 4, 4, False), (128, 32, 16, 4, False), (256, 32, 8, 8, False),
-           (64, 32, 8, 2, False), (256, 64, 8, 4, True))
+# (BLOCK_N, WARP_N, waves, warps, prefetch); the first is the M=1 default (prefetch is off for 3 bits there)
+TILINGS = ((128, 32, 4, 4, True), (128, 32, 8, 4, True), (128, 32, 4, 4, False), (256, 32, 8, 4, True),
+           (64, 32, 6, 2, True), (128, 64, 4, 4, True), (128, 32, 16, 4, True))
+BASELINE_TILINGS = 3  # the first ones, also timed with --baseline's kernel
 
 
 @triton.jit
@@ -74,22 +75,15 @@ def load_baseline(path: str):
     return module
 
 
-def baseline_gemv(tk_old, x, p, block_n: int, waves: float, warps: int):
-    """The old gemv kernel (BLOCK_N tile of [16, BLOCK_N] words, one FADD per value) with its launch."""
-    m, k = x.shape
-    n = p.out_features
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    num_blocks = p.padded_in_features // block_k(p.bits)
-    tiles = -(-n // block_n)
-    split, per = split_plan(num_blocks, tiles * m, waves, p, x.device)
-    part = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
-    tk_old.gemv_kernel[(tiles, split, m)](
-        x, p.qweight, p.scales, p.zeros if p.zero_point < 0 else p.scales, x, out, part, p.counters,
-        m, n, k, x.stride(0), out.stride(0), num_blocks, per, split,
-        BITS=p.bits, R=INTERLEAVE, GS=0 if p.effective_group_size == p.in_features else p.effective_group_size,
-        ZERO=p.zero_point, HAS_BIAS=False, BLOCK_N=block_n, SPLIT=split > 1,
-        EVEN_K=p.padded_in_features == p.in_features, PREFETCH=False, num_warps=warps, num_stages=2)
-    return out
+def baseline_gemv(tk_old, x, p, cfg: KernelConfig):
+    """The gemv kernel of an older ``triton_kernels.py`` (one with the current kernel arguments) through
+    the current launcher."""
+    current = launch.tk
+    launch.tk = tk_old
+    try:
+        return launch.gemv(x, p, cfg)
+    finally:
+        launch.tk = current
 
 
 def probe_shape(bits: int, group_size: int, sym: bool, k: int, n: int, tk_old=None, tilings=TILINGS,
@@ -106,11 +100,12 @@ def probe_shape(bits: int, group_size: int, sym: bool, k: int, n: int, tk_old=No
     rows[-1]["tb_s"] = n * k * 2 / rows[-1]["us"] / 1e6
     del dense
     if tk_old is not None:
-        for block_n, waves, warps in ((128, 8, 4), (256, 8, 4)):
-            us = time_graph([lambda p=p, t=(block_n, waves, warps): baseline_gemv(tk_old, x, p, *t) for p in copies])
-            rows.append({"shape": shape, "what": f"baseline gemv BN{block_n} waves {waves} warps {warps}", "us": us,
-                         "tb_s": nbytes / us / 1e6,
-                         "rel_err": rel_err(baseline_gemv(tk_old, x, copies[0], block_n, waves, warps), ref)})
+        for block_n, warp_n, waves, warps, prefetch in tilings[:BASELINE_TILINGS]:
+            cfg = KernelConfig("gemv", block_n=block_n, warp_n=warp_n, waves=waves, num_warps=warps, prefetch=prefetch)
+            us = time_graph([lambda p=p, cfg=cfg: baseline_gemv(tk_old, x, p, cfg) for p in copies])
+            rows.append({"shape": shape, "what": f"baseline gemv BN{block_n} WN{warp_n} waves {waves} warps {warps}"
+                         f"{' prefetch' if prefetch else ''}", "us": us, "tb_s": nbytes / us / 1e6,
+                         "rel_err": rel_err(baseline_gemv(tk_old, x, copies[0], cfg), ref)})
     for block_n, warp_n, waves, warps, prefetch in tilings:
         cfg = KernelConfig("gemv", block_n=block_n, warp_n=warp_n, waves=waves, num_warps=warps, prefetch=prefetch)
         us = time_graph([lambda p=p, cfg=cfg: run(x, p, cfg) for p in copies])

@@ -1,7 +1,8 @@
 """Which kernel and tiling to run for a given M: measured defaults plus an on-device autotuner.
 
 The key is (device, bits, group size, zero kind, dtype, M bucket, N, K). On the first call for a key
-(outside CUDA-graph capture) the candidates of its M bucket are timed on the live inputs, and one
+(outside CUDA-graph capture) the candidates of its M bucket are timed on the live inputs (back to back in
+a CUDA graph over copies of the weight larger than L2: :mod:`vllm_autoround.kernels.timing`), and one
 replaces the measured default only if it is clearly faster (:data:`REPLACE_DEFAULT_BELOW`);
 `VLLM_AUTOROUND_TUNE=0` turns timing off (defaults only) and `VLLM_AUTOROUND_TUNE_CACHE=/path.json`
 keeps the choices across processes.
@@ -20,11 +21,13 @@ import torch
 
 from vllm_autoround.kernels.launch import KernelConfig, run
 from vllm_autoround.kernels.layout import PreparedWeight
+from vllm_autoround.kernels.timing import graph_time_us, rotated_copies
 
 M_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-# The defaults come from sweeps with CUDA-graph timing over weight copies larger than L2; the live timing
-# is a short do_bench on one copy, which misjudged tilings within ~10% of each other (it once kept a W4
-# M=16 tiling measured at 31.4 us over the 28.4 us default). So a candidate must beat the default by 8%.
+# The defaults come from sweeps with CUDA-graph timing over weight copies larger than L2, and the tuner
+# times the same way (kernels/timing.py; until 2026-12-04 it ran a short do_bench on one copy, which twice
+# kept a tiling the benchmark then measured 10-14% slower than the default). A candidate must still beat
+# the default by 8%: timings of one lease scatter by a few percent.
 REPLACE_DEFAULT_BELOW = 0.92
 
 
@@ -168,14 +171,13 @@ class Tuner:
 
     @staticmethod
     def _tune(x: torch.Tensor, p: PreparedWeight, cands: list[KernelConfig]) -> KernelConfig:
-        import triton.testing
-
+        copies = rotated_copies(p)
         times: dict[KernelConfig, float] = {}
         for cfg in cands:
             try:
-                times[cfg] = triton.testing.do_bench(lambda cfg=cfg: run(x, p, cfg), warmup=3, rep=20,
-                                                     return_mode="median")
-            except Exception:  # noqa: BLE001 - a config that does not compile here is skipped
+                times[cfg] = graph_time_us([lambda q=q, cfg=cfg: run(x, q, cfg) for q in copies], reps=10,
+                                           min_calls=2 * len(copies))
+            except Exception:  # noqa: BLE001 - a config that does not compile or fit here is skipped
                 continue
         return pick(times, cands[0])
 
