@@ -129,6 +129,11 @@ def run_one(work: Path, name: str) -> dict:
     llm.generate(prompts(4, 99), greedy, use_tqdm=False)  # warm-up
     for batch in BATCHES:
         batch_prompts = prompts(batch, batch)
+        # Untimed first: the prefill of a new batch size meets new M buckets, which our kernel autotuner times
+        # on first use (seconds). Inside the timed 1-token run that made single timings 1.6-3x too high or
+        # negative (2026-12-04, batch 16).
+        llm.generate(batch_prompts, one, use_tqdm=False)
+        llm.generate(batch_prompts, SamplingParams(max_tokens=8, ignore_eos=True, temperature=0.0), use_tqdm=False)
         runs = []
         for _ in range(REPEATS):  # batch 1 varies by up to 20% between single runs on the H100
             t0 = time.perf_counter()
