@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+
 import torch
 
 from vllm_autoround.format.packing import pack_cols
@@ -74,3 +78,25 @@ def weight_bytes(bits: int, group_size: int, k: int, n: int, sym: bool) -> int:
     Effective bandwidth = these bytes / time, the same yardstick for every kernel compared."""
     groups = 1 if group_size == -1 else k // group_size
     return k * n * bits // 8 + groups * n * 2 + (0 if sym else groups * n * bits // 8)
+
+
+def load_triton_kernels(path: str):
+    """The ``triton_kernels`` module of an older checkout, loaded from its file (a probe's ``--baseline``)."""
+    spec = importlib.util.spec_from_file_location("baseline_triton_kernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def launching(tk_module) -> Iterator[None]:
+    """Make the current launchers (``kernels.launch``) run ``tk_module``'s kernels: an older kernel file
+    with the current kernel arguments is timed through the same launch code as the current one."""
+    from vllm_autoround.kernels import launch
+
+    current = launch.tk
+    launch.tk = tk_module
+    try:
+        yield
+    finally:
+        launch.tk = current

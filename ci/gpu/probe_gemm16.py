@@ -13,10 +13,10 @@ kernel of an older ``triton_kernels.py`` with each tiling. No vLLM needed::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,34 +45,28 @@ TILINGS = {16: (gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4, s
                 gemm16_config(64, 128, 2, stages=2)),
            64: (gemm16_config(64, 128, 2, stages=2), gemm16_config(64, 128, 2, stages=3), gemm16_config(64, 64, 4),
                 gemm16_config(64, 128, 4, stages=3))} | {m: LARGE for m in LARGE_M}
+
+
 def name(cfg) -> str:
     if cfg.kind == "dequant":
         return "dequant+cuBLAS"
     return f"{cfg.kind} bm{cfg.block_m} bn{cfg.block_n} w{cfg.waves:g} warps{cfg.num_warps} st{cfg.num_stages}"
 
 
-def load_module(path: str):
-    spec = importlib.util.spec_from_file_location("baseline_triton_kernels", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_baseline(path: str):
+    """``--baseline``'s kernel module, marked with whether its gemm16 reads the words as int16 halves
+    (before 901ed0b: ``[rows, 2N]``)."""
+    module = kc.load_triton_kernels(path)
     module.READS_INT16 = "(words >> 16)" not in Path(path).read_text()
     return module
 
 
 def baseline_gemm16(tk_old, x, p, cfg):
-    """An older gemm16 kernel with the current launcher's tiling (before 901ed0b it read the words as
-    ``[rows, 2N]`` int16)."""
-    t = launch._tiles(x, p, cfg, None)
-    words = p.qweight.view(torch.int16) if tk_old.READS_INT16 else p.qweight
-    m, k = x.shape
-    n = p.out_features
-    tk_old.gemm16_kernel[t.grid](
-        x, words, p.scales, t.bias, t.out, t.part, p.counters,
-        m, n, k, x.stride(0), t.out.stride(0), t.num_blocks, t.per_split, t.split,
-        BITS=p.bits, R=p.interleave, GS=launch._group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=t.has_bias,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=t.split > 1, EVEN_K=launch._even_k(p),
-        EVEN_N=n % cfg.block_n == 0, INTERPRETED=False, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return t.out
+    """An older gemm16 kernel through the current launcher (its tiling, split-K and buffers)."""
+    if tk_old.READS_INT16:
+        p = replace(p, qweight=p.qweight.view(torch.int16))
+    with kc.launching(tk_old):
+        return launch.gemm16(x, p, cfg)
 
 
 def main() -> None:
@@ -83,7 +77,7 @@ def main() -> None:
     ap.add_argument("--cases", help="indices into CASES, comma-separated (default: all)")
     ap.add_argument("--min_m", type=int, default=1, help="skip smaller M")
     a = ap.parse_args()
-    tk_old = load_module(a.baseline) if a.baseline else None
+    tk_old = load_baseline(a.baseline) if a.baseline else None
     cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES
     t0 = time.time()
     rows = []

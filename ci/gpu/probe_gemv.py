@@ -17,7 +17,6 @@ that prefetched only the next block's words. ``--ncu`` instead runs two gemv lau
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -31,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernel_common import (  # noqa: E402
     dense_copies,
+    launching,
+    load_triton_kernels,
     prepared_copies,
     random_checkpoint,
     reference_out,
@@ -67,23 +68,11 @@ def load_only_kernel(w_ptr, out_ptr, N, num_blocks, blocks_per_split, R: tl.cons
     tl.store(out_ptr + pid_k * N + offs_n, tl.sum(acc, 0))
 
 
-def load_baseline(path: str):
-    """The ``triton_kernels`` module of an older checkout, loaded from its file."""
-    spec = importlib.util.spec_from_file_location("baseline_triton_kernels", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def baseline_gemv(tk_old, x, p, cfg: KernelConfig):
     """The gemv kernel of an older ``triton_kernels.py`` (one with the current kernel arguments) through
     the current launcher."""
-    current = launch.tk
-    launch.tk = tk_old
-    try:
+    with launching(tk_old):
         return launch.gemv(x, p, cfg)
-    finally:
-        launch.tk = current
 
 
 def probe_shape(bits: int, group_size: int, sym: bool, k: int, n: int, tk_old=None, tilings=TILINGS,
@@ -159,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.ncu:
         run_for_ncu()
         return 0
-    tk_old = load_baseline(a.baseline) if a.baseline else None
+    tk_old = load_triton_kernels(a.baseline) if a.baseline else None
     tilings = TILINGS
     if a.tilings:
         tilings = tuple(tuple(int(v) for v in t.split(",")) for t in a.tilings.split(";"))
