@@ -92,7 +92,7 @@ def gemm16_report(bits: int, group_size: int, block_m: int = 16, block_n: int = 
     dots = re.findall(r"warp_group_dot %\S+, %\S+, %\S+ .*?: tensor<\d+x\d+x\w+, #ttg\.dot_op", ttgir)
     sass, usage = disassemble(compiled.asm["cubin"])
     ops = main_loop_opcodes(sass)
-    values_per_thread = 16 * block_n * (32 // bits) / (32 * warps)
+    values_per_thread = 16 * block_n * (32 if bits == 3 else 32 // bits) / (32 * warps)
     regs = re.search(r"REG:(\d+)", usage)
     return {"a_operand_tiles": dict(collections.Counter(_TO_A_OPERAND.findall(ttgir))),
             "async_copied": sorted(set(_ASYNC_COPY.findall(ttgir))), "register_operand_dots": len(dots),

@@ -48,3 +48,13 @@ def test_gemm16_keeps_the_weight_operand_in_registers():
     # with Triton 3.9, against 5.1 for gemm_kernel's weight-first tile.
     assert report["opcodes"]["HADD2"] <= 16 * 128 * 8 / (32 * 4) / 2 + 4, report["opcodes"]
     assert report["per_value"] < 4.6, report
+
+
+def test_gemm16_three_bit_keeps_its_three_word_tiles_in_registers():
+    """3-bit: the block's three int32 word tiles reach the register layout (the straddling fields combine two
+    of them), none of the 32 decoded slices does, and every MMA takes its weight from registers."""
+    report = _report("--kernel", "gemm16", "--bits", "3", "--group_size", "64")
+    assert report["a_operand_tiles"] == {"i32": 3}, report["a_operand_tiles"]
+    assert "i32" in report["async_copied"], report["async_copied"]
+    assert report["register_operand_dots"] == 32, report
+    assert report["per_value"] < 5.0, report

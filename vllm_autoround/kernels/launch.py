@@ -134,14 +134,14 @@ def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
 
 
 def gemm16_supported(p: PreparedWeight) -> bool:
-    """:func:`triton_kernels.gemm16_kernel` decodes 2- and 4-bit codes with one zero point for all groups."""
-    return p.bits in (2, 4) and p.zero_point >= 0
+    """:func:`triton_kernels.gemm16_kernel` decodes 2-, 3- and 4-bit codes with one zero point for all groups."""
+    return p.bits in (2, 3, 4) and p.zero_point >= 0
 
 
 def gemm16(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x[M, K] @ W.T`` with :func:`triton_kernels.gemm16_kernel` (weight operand in registers)."""
     if not gemm16_supported(p):
-        raise ValueError(f"gemm16 decodes bits 2 and 4 with a shared zero point, not W{p.bits} "
+        raise ValueError(f"gemm16 decodes bits 2, 3 and 4 with a shared zero point, not W{p.bits} "
                          f"{'sym' if p.zero_point >= 0 else 'asym'}")
     t = _tiles(x, p, cfg, out)
     if t.out.shape[0] == 0:

@@ -483,8 +483,9 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             HAS_BIAS, SPLIT)
 
 
-# One 32-bit shift right by SH for two int16 lanes, indexed by SH (even shifts only: fields of 2 or 4 bits).
+# One 32-bit shift by SH for two int16 lanes, indexed by SH.
 _SHR32: tl.constexpr = tl.constexpr(tuple(f"shr.b32 $0, $1, {sh};" for sh in range(16)))
+_SHL32: tl.constexpr = tl.constexpr(tuple(f"shl.b32 $0, $1, {sh};" for sh in range(16)))
 
 
 @_jit
@@ -499,23 +500,78 @@ def _shr16(h, SH: tl.constexpr, ASM: tl.constexpr):
 
 
 @_jit
-def _decode16(h, SH: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr, dt: tl.constexpr,
-              INTERPRETED: tl.constexpr):
-    """``code - ZERO`` in ``dt`` (exact) for the BITS-bit field at bit SH of each 16-bit lane of ``h``.
+def _shl16(h, SH: tl.constexpr, ASM: tl.constexpr):
+    """``h << SH`` on int16 lanes (ASM: as :func:`_shr16`; the bits that cross into the high lane are masked
+    off by the caller)."""
+    if not ASM:
+        return h << tl.full(h.shape, SH, tl.int16)
+    return tl.inline_asm_elementwise(_SHL32[SH], "=r,r", [h], dtype=tl.int16, is_pure=True, pack=2)
 
-    Integer ops, a bitcast and a subtraction of a constant only, so Triton moves the conversion to the MMA's
-    register layout up to the load of ``h``. The field is OR-ed under the exponent of a power of two whose
-    spacing is 1 (bf16: 128, fp16: 1024). The interpreter's int16-to-float bitcast is wrong, so there the
-    same value comes from an int-to-float conversion.
+
+@_jit
+def _bits16(h, SH: tl.constexpr, MASK: tl.constexpr, ASM: tl.constexpr):
+    """``(h >> SH) & MASK`` on int16 lanes."""
+    return _shr16(h, SH, ASM) & tl.full(h.shape, MASK, tl.int16)
+
+
+@_jit
+def _code16(f, ZERO: tl.constexpr, dt: tl.constexpr, INTERPRETED: tl.constexpr):
+    """``f - ZERO`` in ``dt`` (exact) for small non-negative int16 codes ``f``.
+
+    The code is OR-ed under the exponent of a power of two whose spacing is 1 (bf16: 128, fp16: 1024), so
+    integer ops, a bitcast and a subtraction of a constant are all it takes. The interpreter's int16-to-float
+    bitcast is wrong, so there the same value comes from an int-to-float conversion.
     """
-    f = _shr16(h, SH, not INTERPRETED) & tl.full(h.shape, (1 << BITS) - 1, tl.int16)
     if INTERPRETED:
         return (f.to(tl.float32) - ZERO).to(dt)
     if dt == tl.bfloat16:
-        q = (f | tl.full(h.shape, 0x4300, tl.int16)).to(tl.bfloat16, bitcast=True) - (128.0 + ZERO)
+        q = (f | tl.full(f.shape, 0x4300, tl.int16)).to(tl.bfloat16, bitcast=True) - (128.0 + ZERO)
     else:
-        q = (f | tl.full(h.shape, 0x6400, tl.int16)).to(tl.float16, bitcast=True) - (1024.0 + ZERO)
+        q = (f | tl.full(f.shape, 0x6400, tl.int16)).to(tl.float16, bitcast=True) - (1024.0 + ZERO)
     return q
+
+
+@_jit
+def _decode16(h, SH: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr, dt: tl.constexpr,
+              INTERPRETED: tl.constexpr):
+    """``code - ZERO`` in ``dt`` for the BITS-bit field at bit SH of each 16-bit lane of ``h``.
+
+    Nothing but integer ops, a bitcast and a constant subtraction lie between the load of ``h`` and the MMA, so
+    Triton moves the conversion to the MMA's register layout up to that load.
+    """
+    return _code16(_bits16(h, SH, (1 << BITS) - 1, not INTERPRETED), ZERO, dt, INTERPRETED)
+
+
+@_jit
+def _decode16_w3(la, ha, lb, hb, lc, hc, J: tl.constexpr, ZERO: tl.constexpr, dt: tl.constexpr,
+                 INTERPRETED: tl.constexpr):
+    """3-bit slice J from the low/high 16-bit halves of a block's word tiles A, B, C (as :func:`_decode`:
+    fields 0-9 of A, then B, then C, at bit 3·j; slices 30 and 31 gather the words' top bits). Field 5 of a
+    word straddles its halves."""
+    ASM: tl.constexpr = not INTERPRETED
+    if J < 30:
+        T: tl.constexpr = J // 10
+        F: tl.constexpr = J % 10
+        if T == 0:
+            lo = la
+            hi = ha
+        elif T == 1:
+            lo = lb
+            hi = hb
+        else:
+            lo = lc
+            hi = hc
+        if F < 5:
+            f = _bits16(lo, 3 * F, 7, ASM)
+        elif F == 5:
+            f = _bits16(lo, 15, 1, ASM) | (_shl16(hi, 1, ASM) & tl.full(hi.shape, 6, tl.int16))
+        else:
+            f = _bits16(hi, 3 * F - 16, 7, ASM)
+    elif J == 30:
+        f = _bits16(ha, 14, 3, ASM) | _bits16(hb, 12, 4, ASM)
+    else:
+        f = _bits16(hb, 15, 1, ASM) | _bits16(hc, 13, 6, ASM)
+    return _code16(f, ZERO, dt, INTERPRETED)
 
 
 @_jit_runtime_ints
@@ -530,10 +586,11 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     from 16-bit lanes by :func:`_decode16`. Integer ops only up to the MMA operand, so Triton converts the
     loaded word tile itself to the MMA's register layout (the words cross shared memory once, where
     ``gemm_kernel`` sends every decoded slice through it), and as 32-bit loads that feed an MMA the words are
-    pipelined with cp.async (16-bit loads cannot be). Bits 2 and 4, one zero point for all groups (sym): a
+    pipelined with cp.async (16-bit loads cannot be). Bits 2, 3 and 4, one zero point for all groups (sym): a
     per-group zero point would need a broadcast, which stops that conversion from moving.
     """
-    NS: tl.constexpr = 32 // BITS
+    NS: tl.constexpr = 32 if BITS == 3 else 32 // BITS
+    ROWS: tl.constexpr = 3 * R if BITS == 3 else R
     PER_HALF: tl.constexpr = 16 // BITS
     BK: tl.constexpr = R * NS
     dt = x_ptr.dtype.element_ty
@@ -547,16 +604,23 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     w_mask = n_mask[:, None]
     for b in range(b_start, b_end):
         k0 = b * BK
-        words = _load_words(w_ptrs + b * (R * N), w_mask, EVEN_N)
-        lo = words.to(tl.int16)
-        hi = (words >> 16).to(tl.int16)
+        wa, wb, wc = _load_block(w_ptrs, b, N, w_mask, R, ROWS, BITS, EVEN_N)
+        lo = wa.to(tl.int16)
+        hi = (wa >> 16).to(tl.int16)
+        if BITS == 3:
+            lb = wb.to(tl.int16)
+            hb = (wb >> 16).to(tl.int16)
+            lc = wc.to(tl.int16)
+            hc = (wc >> 16).to(tl.int16)
         for j in tl.static_range(NS):
             kj = k0 + j * R
             if GS != 0:
                 if (j * R) % GS == 0:
                     s, zc = _group_params(s_ptr, s_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
             xj = _x_slice_t(x_ptr, offs_m, m_mask, kj + offs_r, K, stride_xm, EVEN_K)
-            if j < PER_HALF:
+            if BITS == 3:
+                q = _decode16_w3(lo, hi, lb, hb, lc, hc, j, ZERO, dt, INTERPRETED)
+            elif j < PER_HALF:
                 q = _decode16(lo, j * BITS, BITS, ZERO, dt, INTERPRETED)
             else:
                 q = _decode16(hi, (j - PER_HALF) * BITS, BITS, ZERO, dt, INTERPRETED)
