@@ -7,7 +7,9 @@ process through vLLM's offline engine with its defaults (torch.compile, CUDA gra
     python ci/gpu/bench_serve.py --work /tmp/bench_serve --configs bf16,builtin_w4,ours_w4,ours_w3,ours_w2
 
 Results accumulate in WORK/results/*.json, so the configurations can be split over several calls;
-every call prints the table of what has been measured so far.
+every call prints the table of what has been measured so far. ``--budget SECONDS`` stops before a
+configuration that would not finish in time (judged by the slowest one so far), so that a call under a
+wall-clock limit still prints its table and copies its results to $OUT.
 """
 
 from __future__ import annotations
@@ -184,10 +186,22 @@ def report(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+FIRST_CONFIG_ESTIMATE_S = 240.0  # startup, warm-up and timings of one configuration on an H100/H200
+
+
+def next_config_fits(elapsed: float, slowest: float | None, budget: float | None) -> bool:
+    """Whether another configuration is expected to finish within ``budget`` seconds of the call's start."""
+    if budget is None:
+        return True
+    return elapsed + (slowest if slowest is not None else FIRST_CONFIG_ESTIMATE_S) <= budget
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/bench_serve")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--budget", type=float, help="seconds; configurations that would not fit are left for "
+                                                     "a later call")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
@@ -202,11 +216,18 @@ def main() -> int:
     build_model(work / "bf16")
     print(f"model ready in {time.monotonic() - start:.0f} s", flush=True)
     quantize(work, configs)
+    slowest = None
     for name in configs:
         if (results_dir / f"{name}.json").exists():
             continue
+        if not next_config_fits(time.monotonic() - start, slowest, args.budget):
+            print(f"budget of {args.budget:.0f} s reached: {name} and later configurations left for another call",
+                  flush=True)
+            break
+        began = time.monotonic()
         proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name],
                               env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
+        slowest = max(slowest or 0.0, time.monotonic() - began)
         if proc.returncode != 0:
             print(f"{name}: failed with exit code {proc.returncode}", flush=True)
     table = report(results_dir)

@@ -1,0 +1,44 @@
+"""ci/gpu/bench_serve.py's --budget: under a wall-clock limit a call stops before a configuration that would not
+finish, and still prints its table (the vLLM runs themselves need the GPU machine)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ci.gpu import bench_serve
+
+
+def test_next_config_fits_uses_the_slowest_so_far_or_a_first_estimate():
+    assert bench_serve.next_config_fits(1000.0, None, None)
+    assert bench_serve.next_config_fits(0.0, None, bench_serve.FIRST_CONFIG_ESTIMATE_S)
+    assert not bench_serve.next_config_fits(1.0, None, bench_serve.FIRST_CONFIG_ESTIMATE_S)
+    assert bench_serve.next_config_fits(300.0, 200.0, 500.0)
+    assert not bench_serve.next_config_fits(301.0, 200.0, 500.0)
+
+
+def test_budget_leaves_the_configurations_that_would_not_fit(tmp_path, monkeypatch, capsys):
+    clock = [0.0]
+    ran = []
+
+    def fake_run(cmd, env=None):
+        name = cmd[cmd.index("--one") + 1]
+        ran.append(name)
+        clock[0] += 200.0  # every configuration takes 200 s
+        (tmp_path / "results" / f"{name}.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench_serve.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
+    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
+    monkeypatch.setattr(bench_serve, "report", lambda results_dir: "TABLE " + ",".join(
+        sorted(p.stem for p in results_dir.glob("*.json"))))
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path), "--budget", "500",
+                                      "--configs", "bf16,builtin_w4,ours_w4"])
+    assert bench_serve.main() == 0
+    assert ran == ["bf16", "builtin_w4"]  # 0 + 240 and 200 + 200 fit in 500 s; 400 + 200 does not
+    out = capsys.readouterr().out
+    assert "ours_w4 and later configurations left for another call" in out
+    assert "TABLE bf16,builtin_w4" in out
