@@ -582,12 +582,13 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                   EVEN_K: tl.constexpr, EVEN_N: tl.constexpr, INTERPRETED: tl.constexpr):
     """Weight-first tensor-core tiles (``accᵀ = W · xᵀ``) with the weight operand kept in registers.
 
-    Each K block's int32 word tile is split into its low and high 16-bit halves, and the codes are decoded
-    from 16-bit lanes by :func:`_decode16`. Integer ops only up to the MMA operand, so Triton converts the
-    loaded word tile itself to the MMA's register layout (the words cross shared memory once, where
-    ``gemm_kernel`` sends every decoded slice through it), and as 32-bit loads that feed an MMA the words are
-    pipelined with cp.async (16-bit loads cannot be). Bits 2, 3 and 4, one zero point for all groups (sym): a
-    per-group zero point would need a broadcast, which stops that conversion from moving.
+    Each K block's int32 word tile (3 bits: three tiles) is split into its low and high 16-bit halves, and
+    the codes are decoded from 16-bit lanes by :func:`_decode16` (3 bits: :func:`_decode16_w3`). Integer ops
+    only up to the MMA operand, so Triton converts the loaded word tile itself to the MMA's register layout
+    (the words cross shared memory once, where ``gemm_kernel`` sends every decoded slice through it), and as
+    32-bit loads that feed an MMA the words are pipelined with cp.async (16-bit loads cannot be). Bits 2, 3
+    and 4, one zero point for all groups (sym): a per-group zero point would need a broadcast, which stops
+    that conversion from moving.
     """
     NS: tl.constexpr = 32 if BITS == 3 else 32 // BITS
     ROWS: tl.constexpr = 3 * R if BITS == 3 else R
