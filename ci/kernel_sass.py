@@ -92,12 +92,18 @@ def gemm16_report(bits: int, group_size: int, block_m: int = 16, block_n: int = 
     dots = re.findall(r"warp_group_dot %\S+, %\S+, %\S+ .*?: tensor<\d+x\d+x\w+, #ttg\.dot_op", ttgir)
     sass, usage = disassemble(compiled.asm["cubin"])
     ops = main_loop_opcodes(sass)
-    values_per_thread = 16 * block_n * (32 if bits == 3 else 32 // bits) / (32 * warps)
+    values_per_thread = _values_per_thread(bits, block_n, warps)
     regs = re.search(r"REG:(\d+)", usage)
     return {"a_operand_tiles": dict(collections.Counter(_TO_A_OPERAND.findall(ttgir))),
             "async_copied": sorted(set(_ASYNC_COPY.findall(ttgir))), "register_operand_dots": len(dots),
             "registers": int(regs.group(1)) if regs else None, "loop_instructions": sum(ops.values()),
             "per_value": sum(ops.values()) / values_per_thread, "opcodes": dict(ops.most_common())}
+
+
+def _values_per_thread(bits: int, block_n: int, warps: int) -> float:
+    """Weight values one thread decodes per K block: 16 word rows x BLOCK_N words, 32 // bits codes per word
+    (3 bits: 32 codes per three words, as ``layout.slices_per_block``; not imported, to keep torch out)."""
+    return 16 * block_n * (32 if bits == 3 else 32 // bits) / (32 * warps)
 
 
 def _triton_kernels():
@@ -148,8 +154,7 @@ def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: 
                 sym: bool = True) -> dict:
     sass, usage = disassemble(compile_gemv(bits, group_size, block_n, warps, prefetch, warp_n, sym).asm["cubin"])
     ops = main_loop_opcodes(sass)
-    slices = 32 if bits == 3 else 32 // bits
-    values_per_thread = 16 * block_n * slices / (32 * warps)  # one K block: 16 word rows x BLOCK_N words
+    values_per_thread = _values_per_thread(bits, block_n, warps)
     regs = re.search(r"REG:(\d+)", usage)
     return {"registers": int(regs.group(1)) if regs else None, "loop_instructions": sum(ops.values()),
             "per_value": sum(ops.values()) / values_per_thread, "opcodes": dict(ops.most_common())}

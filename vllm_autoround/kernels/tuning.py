@@ -187,11 +187,12 @@ class Tuner:
     @staticmethod
     def _tune(x: torch.Tensor, p: PreparedWeight, cands: list[KernelConfig]) -> KernelConfig:
         copies = rotated_copies(p)
-        reference = _reference_output(x, p, cands[0])
+        default = cands[0]
+        reference = _reference_output(x, p, default)
         times: dict[KernelConfig, float] = {}
         for cfg in cands:
             try:
-                err = relative_difference(run(x, p, cfg), reference)
+                err = 0.0 if cfg == default else relative_difference(run(x, p, cfg), reference)
                 if not err <= AGREEMENT_BOUND:
                     _log.warning("vllm_autoround: kernel %s differs from the default by %.2e on %s; not used",
                                  cfg, err, Tuner.key(x, p))
@@ -200,7 +201,7 @@ class Tuner:
                                            min_calls=2 * len(copies))
             except Exception:  # noqa: BLE001 - a config that does not compile or fit here is skipped
                 continue
-        return pick(times, cands[0])
+        return pick(times, default)
 
     def _save(self) -> None:
         if not self._path:
