@@ -57,19 +57,20 @@ def compile_gemv(bits: int, group_size: int, block_n: int, warps: int, prefetch:
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=2))
 
 
-def compile_gemm16(bits: int, group_size: int, block_m: int, block_n: int, warps: int, stages: int = 2):
-    """The register-operand gemm kernel compiled for sm_90 (sym, split-K on, whole K blocks and N tiles)."""
+def compile_gemm16(bits: int, group_size: int, block_m: int, block_n: int, warps: int, stages: int = 2,
+                   sym: bool = True):
+    """The register-operand gemm kernel compiled for sm_90 (split-K on, whole K blocks and N tiles)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     kernel = _triton_kernels().gemm16_kernel
-    signature = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "b_ptr": "*bf16", "out_ptr": "*bf16",
-                 "part_ptr": "*fp32", "cnt_ptr": "*i32"}
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16" if sym else "*u8",
+                 "b_ptr": "*bf16", "out_ptr": "*bf16", "part_ptr": "*fp32", "cnt_ptr": "*i32"}
     signature |= {name: "i32" for name in ("M", "N", "K", "stride_xm", "stride_om", "num_blocks",
                                            "blocks_per_split", "split_k")}
-    constants = dict(BITS=bits, R=16, GS=group_size, ZERO=2 ** (bits - 1), HAS_BIAS=False, BLOCK_M=block_m,
-                     BLOCK_N=block_n, SPLIT=True, EVEN_K=True, EVEN_N=True, INTERPRETED=False)
+    constants = dict(BITS=bits, R=16, GS=group_size, ZERO=2 ** (bits - 1) if sym else -1, HAS_BIAS=False,
+                     BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=True, EVEN_K=True, EVEN_N=True, INTERPRETED=False)
     signature |= {name: "constexpr" for name in constants}
     attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in ALIGNED_ARGS if a in kernel.arg_names}
     signature = {name: signature[name] for name in kernel.arg_names}
@@ -84,17 +85,19 @@ _ASYNC_COPY = re.compile(r"ttg\.async_copy_global_to_local [^\n]*-> <\d+x\d+x(\w
 
 
 def gemm16_report(bits: int, group_size: int, block_m: int = 16, block_n: int = 128, warps: int = 4,
-                  stages: int = 2) -> dict:
+                  stages: int = 2, sym: bool = True) -> dict:
     """Tiles brought into the weight operand's register layout per K block (by element type), tiles loaded
     with cp.async, MMAs with the weight in registers, loop instructions per weight value."""
-    compiled = compile_gemm16(bits, group_size, block_m, block_n, warps, stages)
+    compiled = compile_gemm16(bits, group_size, block_m, block_n, warps, stages, sym)
     ttgir = compiled.asm["ttgir"]
     dots = re.findall(r"warp_group_dot %\S+, %\S+, %\S+ .*?: tensor<\d+x\d+x\w+, #ttg\.dot_op", ttgir)
     sass, usage = disassemble(compiled.asm["cubin"])
     ops = main_loop_opcodes(sass)
     values_per_thread = _values_per_thread(bits, block_n, warps)
     regs = re.search(r"REG:(\d+)", usage)
-    return {"a_operand_tiles": dict(collections.Counter(_TO_A_OPERAND.findall(ttgir))),
+    local = re.search(r"LOCAL:(\d+)", usage)
+    return {"spilled_bytes": int(local.group(1)) if local else None,
+            "a_operand_tiles": dict(collections.Counter(_TO_A_OPERAND.findall(ttgir))),
             "async_copied": sorted(set(_ASYNC_COPY.findall(ttgir))), "register_operand_dots": len(dots),
             "registers": int(regs.group(1)) if regs else None, "loop_instructions": sum(ops.values()),
             "per_value": sum(ops.values()) / values_per_thread, "opcodes": dict(ops.most_common())}
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group_size", type=int, default=128)
     p.add_argument("--block_n", type=int, default=128)
+    p.add_argument("--block_m", type=int, default=16, help="gemm16: activation rows per tile")
+    p.add_argument("--stages", type=int, default=2, help="gemm16: pipeline stages")
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--warp_n", type=int, default=32, choices=(32, 64, 128))
     p.add_argument("--asym", action="store_true", help="zero points per group (default: one shared zero point)")
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     if a.kernel == "gemm16":
-        print(json.dumps(gemm16_report(a.bits, a.group_size, block_n=a.block_n, warps=a.warps)))
+        print(json.dumps(gemm16_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,
+                                       stages=a.stages, sym=not a.asym)))
         return 0
     r = loop_report(a.bits, a.group_size, a.block_n, a.warps, a.prefetch, a.warp_n, not a.asym)
     if a.json:

@@ -171,9 +171,16 @@ def main():
     ap.add_argument("--no-vllm", action="store_true")
     ap.add_argument("--shapes", default="all", help="'all' or e.g. 4096x14336,8192x28672 (KxN)")
     ap.add_argument("--budget-seconds", type=float, default=1e9, help="stop measuring new schemes after this")
+    ap.add_argument("--schemes", help="comma-separated scheme names, e.g. 'W3 g64 sym' (default: all)")
     ap.add_argument("--dry-run", action="store_true", help="CPU smoke test of this script (TRITON_INTERPRET=1)")
     args = ap.parse_args()
-    global DEV, MS
+    global DEV, MS, SCHEMES
+    if args.schemes:
+        wanted = [w.strip() for w in args.schemes.split(",")]
+        unknown = [w for w in wanted if w not in {s[0] for s in SCHEMES}]
+        if unknown:
+            ap.error(f"--schemes: unknown {unknown}; known: {[s[0] for s in SCHEMES]}")
+        SCHEMES = [s for s in SCHEMES if s[0] in wanted]
     timer = time_graph
     if args.dry_run:
         DEV, MS, args.shapes, args.no_vllm = "cpu", [1, 16, 64], "512x64", True

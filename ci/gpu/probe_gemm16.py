@@ -33,11 +33,15 @@ from vllm_autoround.kernels.tuning import DEQUANT, default_config, gemm16_config
 
 SMALL_M = (16, 32, 64)
 LARGE_M = (128, 256, 1024)
-# (bits, group size, sym, K, N, Ms); gemm16 decodes sym 2-, 3- and 4-bit codes
+# (bits, group size, sym, K, N, Ms); gemm16 decodes 2-, 3- and 4-bit codes, sym and asym
 CASES = ((4, 128, True, 4096, 14336, SMALL_M + LARGE_M), (4, 128, True, 14336, 4096, SMALL_M),
          (4, 128, True, 4096, 6144, SMALL_M), (4, 128, True, 8192, 28672, SMALL_M),
          (2, 64, True, 4096, 14336, SMALL_M + LARGE_M), (2, 64, True, 14336, 4096, (16, 64)),
-         (3, 64, True, 4096, 14336, SMALL_M))
+         (3, 64, True, 4096, 14336, SMALL_M + (128,)), (3, 64, True, 14336, 4096, SMALL_M + (128,)),
+         (3, 64, True, 4096, 6144, SMALL_M + (128,)), (3, 64, True, 8192, 28672, SMALL_M + (128,)),
+         (4, 128, False, 4096, 14336, SMALL_M + (128,)), (4, 128, False, 14336, 4096, SMALL_M + (128,)),
+         (4, 128, False, 8192, 28672, SMALL_M + (128,)), (2, 64, False, 4096, 14336, SMALL_M + (128,)),
+         (3, 64, False, 4096, 14336, SMALL_M))
 LARGE = (gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8), gemm16_config(128, 128, 1, warps=8, stages=2),
          gemm16_config(256, 128, 1, warps=8, stages=2), gemm16_config(256, 64, 1, stages=2))
 TILINGS = {16: (gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4, stages=3), gemm16_config(16, 64, 4),
@@ -46,6 +50,13 @@ TILINGS = {16: (gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4, s
                 gemm16_config(64, 128, 2, stages=2)),
            64: (gemm16_config(64, 128, 2, stages=2), gemm16_config(64, 128, 2, stages=3), gemm16_config(64, 64, 4),
                 gemm16_config(64, 128, 4, stages=3))} | {m: LARGE for m in LARGE_M}
+# 3-bit: the tilings that compile for sm_90 without spilling and fit shared memory (docs/kernels.md)
+TILINGS_W3 = {16: (gemm16_config(16, 128, 4), gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 64, 4)),
+              32: (gemm16_config(32, 128, 4, stages=2), gemm16_config(32, 64, 4), gemm16_config(32, 64, 4, stages=2)),
+              64: (gemm16_config(64, 64, 2, stages=2), gemm16_config(64, 128, 2, warps=8, stages=2),
+                   gemm16_config(32, 128, 4, stages=2)),
+              128: (gemm16_config(64, 64, 1, stages=2), gemm16_config(64, 128, 1, warps=8, stages=2),
+                    gemm16_config(64, 64, 2, stages=2))}
 
 
 def name(cfg) -> str:
@@ -98,9 +109,11 @@ def main() -> None:
             rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
             mb = m_bucket(m)
             cfgs = [("default", default_config(mb, n, k, bits, sym)),
-                    ("gemm_kernel default", default_config(mb, n, k, bits, sym=False))]
-            cfgs += [("dequant+cuBLAS", DEQUANT)] if m >= 64 else []
-            cfgs += [(name(c), c) for c in TILINGS[mb] if c.kind != "gemm16" or (sym and bits in (2, 3, 4))]
+                    # asym with narrow groups keeps gemm_kernel: its default tiling
+                    ("gemm_kernel default", default_config(mb, n, k, bits, sym=False, group_size=32))]
+            cfgs += [("dequant+cuBLAS", DEQUANT)] if m >= 64 or bits == 3 else []
+            tilings = TILINGS_W3[mb] if bits == 3 else TILINGS[mb]
+            cfgs += [(name(c), c) for c in tilings if c.kind != "gemm16" or bits in (2, 3, 4)]
             runs = [(kernel, cfg, lambda x, p, cfg=cfg: run(x, p, cfg)) for kernel, cfg in cfgs]
             if tk_old is not None and sym and bits in (2, 4):
                 runs += [("baseline " + name(c), c, lambda x, p, c=c: baseline_gemm16(tk_old, x, p, c))

@@ -58,3 +58,17 @@ def test_gemm16_three_bit_keeps_its_three_word_tiles_in_registers():
     assert "i32" in report["async_copied"], report["async_copied"]
     assert report["register_operand_dots"] == 32, report
     assert report["per_value"] < 5.0, report
+
+
+def test_gemm16_asym_keeps_the_weight_operand_in_registers():
+    """Asym: the per-group zero points are applied to the group's sum (through the activations' row sums), not
+    to the decoded weight, so the word tile is still the only tile converted to the weight operand's layout."""
+    report = _report("--kernel", "gemm16", "--bits", "4", "--group_size", "128", "--asym")
+    assert report["a_operand_tiles"] == {"i32": 1}, report["a_operand_tiles"]
+    assert report["register_operand_dots"] == 8, report
+    assert report["spilled_bytes"] == 0, report
+    # 4.2 per value with Triton 3.6 at 16 x 128, against 3.4 sym: the correction is per group, not per value
+    assert report["per_value"] < 5.5, report
+    # per channel the row sums run once per K block: that path compiles and keeps the operand in registers too
+    per_channel = _report("--kernel", "gemm16", "--bits", "2", "--group_size", "0", "--asym")
+    assert per_channel["a_operand_tiles"] == {"i32": 1} and per_channel["spilled_bytes"] == 0, per_channel

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.kernels.helpers import checkpoint, prepared
+from vllm_autoround.kernels import tuning
 from vllm_autoround.kernels.launch import KernelConfig
 from vllm_autoround.kernels.tuning import M_BUCKETS, Tuner, candidates, default_config, m_bucket, pick
 
@@ -34,19 +35,28 @@ def test_candidates_start_with_the_default_and_are_unique(mb, bits):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("mb", M_BUCKETS)
 def test_register_operand_kernel_only_where_it_decodes(mb, bits, sym):
-    """gemm16 decodes bits 2, 3 and 4 with one shared zero point (asym and 8-bit layers keep gemm_kernel); it is
-    the default for bits 2 and 4 only, a tuner candidate for 3 bits (not yet timed on a GPU)."""
-    kinds = {c.kind for c in candidates(mb, 4096, 4096, bits, sym)}
-    assert ("gemm16" in kinds) == (sym and bits in (2, 3, 4) and 1 < mb <= 128)
-    if 1 < mb <= 128:
-        assert (default_config(mb, 4096, 4096, bits, sym).kind == "gemm16") == (sym and bits in (2, 4))
+    """gemm16 decodes bits 2, 3 and 4, sym or asym (8-bit layers keep gemm_kernel), up to M=128, 3 bits up to
+    M=64 (slower than dequantize + cuBLAS at 128). Sym, it is the default there; asym only for 4 bits with at
+    most one group per K block: each further group costs a zero-point correction (measured slower for W2/W3
+    g64)."""
+    reaches = 128 if bits in (2, 4) else 64
+    for gs in (32, 64, 128, -1):
+        kinds = {c.kind for c in candidates(mb, 4096, 4096, bits, sym, gs)}
+        assert ("gemm16" in kinds) == (bits in (2, 3, 4) and 1 < mb <= reaches)
+        if 1 < mb <= 128:
+            default_is_gemm16 = bits in (2, 3, 4) and mb <= reaches and (sym or (bits == 4 and gs in (128, -1)))
+            assert (default_config(mb, 4096, 4096, bits, sym, gs).kind == "gemm16") == default_is_gemm16
 
 
 @pytest.mark.parametrize("mb", M_BUCKETS)
 def test_three_bit_defaults_avoid_the_tile_that_overflows_shared_memory(mb):
-    """A 64 x 128 tile's three 3-bit word tiles need 244 KiB of shared memory on the H100 (limit 227 KiB)."""
+    """A 64 x 128 tile's three 3-bit word tiles need 244 KiB of shared memory on the H100 (limit 227 KiB); a
+    gemm16 stage holds x's 16-bit block (rows x 512 values) and three words per 32 codes of each column."""
     cfg = default_config(mb, 4096, 4096, 3)
     assert not (cfg.kind == "gemm" and cfg.block_m * cfg.block_n >= 64 * 128)
+    if cfg.kind == "gemm16":
+        stage_bytes = cfg.block_m * 512 * 2 + 512 // 32 * 3 * cfg.block_n * 4
+        assert cfg.num_stages * stage_bytes <= 227 * 1024
 
 
 def test_off_gpu_choice_is_the_default_and_cache_round_trips(tmp_path, monkeypatch):
@@ -63,6 +73,53 @@ def test_off_gpu_choice_is_the_default_and_cache_round_trips(tmp_path, monkeypat
     assert Tuner().choose(x, p) == chosen
 
 
+def test_choices_persist_by_default_in_a_file_per_code_version(tmp_path, monkeypatch):
+    """Without VLLM_AUTOROUND_TUNE_CACHE the choices go to the user's cache directory, in a file named after a
+    hash of the kernel and tuner sources (a choice timed for other code is never reused); empty: memory only."""
+    monkeypatch.delenv("VLLM_AUTOROUND_TUNE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = tuning.default_cache_path()
+    assert path.parent == tmp_path / "vllm_autoround" and path.name.startswith("tune-") and path.suffix == ".json"
+    tuner = Tuner()
+    x, p = torch.zeros(16, 256, dtype=torch.bfloat16), prepared(checkpoint(4, 128, True, 256, 40))
+    chosen = KernelConfig("gemm16", block_m=16, block_n=64, waves=4)
+    tuner._cache[tuner.key(x, p)] = chosen
+    tuner._save()
+    assert Tuner().choose(x, p) == chosen  # a new process finds it
+    monkeypatch.setenv("VLLM_AUTOROUND_TUNE", "0")  # tuning off: the measured default, not the saved choice
+    assert Tuner().choose(x, p) == default_config(16, 40, 256, 4)
+    monkeypatch.delenv("VLLM_AUTOROUND_TUNE")
+    monkeypatch.setattr(tuning, "_FINGERPRINTED", tuning._FINGERPRINTED[:-1])  # as if the code had changed
+    assert tuning.default_cache_path() != path
+    monkeypatch.setenv("VLLM_AUTOROUND_TUNE_CACHE", "")
+    memory_only = Tuner()
+    memory_only._cache[memory_only.key(x, p)] = chosen
+    memory_only._save()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_a_bad_cache_file_is_ignored_with_a_warning(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "tune.json"
+    monkeypatch.setenv("VLLM_AUTOROUND_TUNE_CACHE", str(path))
+    for text in ("{not json", '{"key": {"no_such_field": 1}}', "[1, 2]"):
+        path.write_text(text)
+        caplog.clear()
+        tuner = Tuner()
+        assert tuner._cache == {}
+        assert str(path) in caplog.text and "re-timed" in caplog.text
+
+
+def test_an_unwritable_cache_is_given_up_with_a_warning(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("VLLM_AUTOROUND_TUNE_CACHE", str(blocker / "sub" / "tune.json"))
+    tuner = Tuner()
+    tuner._cache["k"] = KernelConfig("dequant")
+    tuner._save()  # must not raise: the choice stays in memory
+    assert "cannot write the kernel tuning cache" in caplog.text and tuner._path is None
+    assert tuner._cache["k"] == KernelConfig("dequant")
+
+
 def test_a_candidate_replaces_the_default_only_when_clearly_faster():
     default, *others = candidates(16, 4096, 14336, 4)
     a, b = others[:2]
@@ -75,8 +132,6 @@ def test_a_candidate_replaces_the_default_only_when_clearly_faster():
 def test_a_candidate_whose_output_differs_from_the_default_is_never_chosen(monkeypatch, caplog):
     """The tuner checks each candidate's output on the live inputs against the default's before timing it,
     so a kernel that is fast but wrong on this device (decode, layout, split-K reduction) cannot be picked."""
-    from vllm_autoround.kernels import tuning
-
     default, good, wrong, nan, broken = candidates(16, 4096, 14336, 4)[:5]
     ref = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
     outputs = {default: ref, good: ref * (1 + 1e-3), wrong: ref.flip(1), nan: ref.clone().fill_(float("nan"))}

@@ -134,22 +134,21 @@ def gemm(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tenso
 
 
 def gemm16_supported(p: PreparedWeight) -> bool:
-    """:func:`triton_kernels.gemm16_kernel` decodes 2-, 3- and 4-bit codes with one zero point for all groups."""
-    return p.bits in (2, 3, 4) and p.zero_point >= 0
+    """:func:`triton_kernels.gemm16_kernel` decodes 2-, 3- and 4-bit codes, sym or asym."""
+    return p.bits in (2, 3, 4)
 
 
 def gemm16(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x[M, K] @ W.T`` with :func:`triton_kernels.gemm16_kernel` (weight operand in registers)."""
     if not gemm16_supported(p):
-        raise ValueError(f"gemm16 decodes bits 2, 3 and 4 with a shared zero point, not W{p.bits} "
-                         f"{'sym' if p.zero_point >= 0 else 'asym'}")
+        raise ValueError(f"gemm16 decodes bits 2, 3 and 4, not W{p.bits}")
     t = _tiles(x, p, cfg, out)
     if t.out.shape[0] == 0:
         return t.out
     m, k = x.shape
     n = p.out_features
     tk.gemm16_kernel[t.grid](
-        x, p.qweight, p.scales, t.bias, t.out, t.part, p.counters,
+        x, p.qweight, p.scales, _zeros_arg(p), t.bias, t.out, t.part, p.counters,
         m, n, k, x.stride(0), t.out.stride(0), t.num_blocks, t.per_split, t.split,
         BITS=p.bits, R=p.interleave, GS=_group_constexpr(p), ZERO=p.zero_point, HAS_BIAS=t.has_bias,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SPLIT=t.split > 1, EVEN_K=_even_k(p),

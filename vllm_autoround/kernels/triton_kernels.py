@@ -574,8 +574,20 @@ def _decode16_w3(la, ha, lb, hb, lc, hc, J: tl.constexpr, ZERO: tl.constexpr, dt
     return _code16(f, ZERO, dt, INTERPRETED)
 
 
+@_jit
+def _x_row_sums(x_ptr, offs_m, m_mask, k0, WIDTH: tl.constexpr, K, stride_xm, EVEN_K: tl.constexpr):
+    """float32 ``sum(x[offs_m, k0:k0+WIDTH])`` per row (zero past K): what an asym group's zero point
+    multiplies, so gemm16 can decode every code against one constant and subtract the rest per group."""
+    kk = k0 + tl.arange(0, WIDTH)
+    mask = m_mask[:, None]
+    if not EVEN_K:
+        mask = mask & (kk < K)[None, :]
+    xs = tl.load(x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=mask, other=0)
+    return tl.sum(xs.to(tl.float32), axis=1)
+
+
 @_jit_runtime_ints
-def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
+def gemm16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                   M, N, K, stride_xm, stride_om, num_blocks, blocks_per_split, split_k,
                   BITS: tl.constexpr, R: tl.constexpr, GS: tl.constexpr, ZERO: tl.constexpr,
                   HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr,
@@ -587,24 +599,34 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     only up to the MMA operand, so Triton converts the loaded word tile itself to the MMA's register layout
     (the words cross shared memory once, where ``gemm_kernel`` sends every decoded slice through it), and as
     32-bit loads that feed an MMA the words are pipelined with cp.async (16-bit loads cannot be). Bits 2, 3
-    and 4, one zero point for all groups (sym): a per-group zero point would need a broadcast, which stops
-    that conversion from moving.
+    and 4. The decode subtracts one constant zero point (ZERO, or the middle code when ZERO < 0): a per-group
+    zero point broadcast into the weight tile would stop that conversion from moving. With per-group zero
+    points z (asym, ZERO < 0) each group's sum is corrected instead: ``Σ(q − z)·x = Σ(q − c)·x − (z − c)·Σx``,
+    with ``Σx`` the group's activation row sums (:func:`_x_row_sums`).
     """
+    ASYM: tl.constexpr = ZERO < 0
+    ZD: tl.constexpr = (1 << (BITS - 1)) if ASYM else ZERO
     NS: tl.constexpr = 32 if BITS == 3 else 32 // BITS
     ROWS: tl.constexpr = 3 * R if BITS == 3 else R
     PER_HALF: tl.constexpr = 16 // BITS
     BK: tl.constexpr = R * NS
+    # the K values one group covers in one block: a group wider than the block (or per channel) is summed and
+    # corrected block by block, like its scales
+    SEG: tl.constexpr = GS if (GS > 0 and GS < BK) else BK
     dt = x_ptr.dtype.element_ty
     offs_m, offs_n, m_mask, n_mask, b_start, b_end, tile = _tile(M, N, num_blocks, blocks_per_split, BLOCK_M, BLOCK_N)
     offs_r = tl.arange(0, R)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     accg = tl.zeros_like(acc)
+    xsum = tl.zeros([BLOCK_M], dtype=tl.float32)
     if GS == 0:
-        s, zc = _group_params(s_ptr, s_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+        s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
     w_ptrs = w_ptr + offs_r[None, :] * N + offs_n[:, None]
     w_mask = n_mask[:, None]
     for b in range(b_start, b_end):
         k0 = b * BK
+        if ASYM and GS == 0:
+            xsum += _x_row_sums(x_ptr, offs_m, m_mask, k0, SEG, K, stride_xm, EVEN_K)
         wa, wb, wc = _load_block(w_ptrs, b, N, w_mask, R, ROWS, BITS, EVEN_N)
         lo = wa.to(tl.int16)
         hi = (wa >> 16).to(tl.int16)
@@ -617,20 +639,26 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             kj = k0 + j * R
             if GS != 0:
                 if (j * R) % GS == 0:
-                    s, zc = _group_params(s_ptr, s_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+                    if ASYM:
+                        xsum = _x_row_sums(x_ptr, offs_m, m_mask, kj, SEG, K, stride_xm, EVEN_K)
             xj = _x_slice_t(x_ptr, offs_m, m_mask, kj + offs_r, K, stride_xm, EVEN_K)
             if BITS == 3:
-                q = _decode16_w3(lo, hi, lb, hb, lc, hc, j, ZERO, dt, INTERPRETED)
+                q = _decode16_w3(lo, hi, lb, hb, lc, hc, j, ZD, dt, INTERPRETED)
             elif j < PER_HALF:
-                q = _decode16(lo, j * BITS, BITS, ZERO, dt, INTERPRETED)
+                q = _decode16(lo, j * BITS, BITS, ZD, dt, INTERPRETED)
             else:
-                q = _decode16(hi, (j - PER_HALF) * BITS, BITS, ZERO, dt, INTERPRETED)
+                q = _decode16(hi, (j - PER_HALF) * BITS, BITS, ZD, dt, INTERPRETED)
             accg = _mma(q, xj, accg, dt, INTERPRETED)
             if GS != 0:
                 if ((j + 1) * R) % GS == 0 or j == NS - 1:
+                    if ASYM:
+                        accg -= (zc - ZD)[:, None] * xsum[None, :]
                     acc += accg * s[:, None]
                     accg = tl.zeros_like(acc)
     if GS == 0:
+        if ASYM:
+            accg -= (zc - ZD)[:, None] * xsum[None, :]
         acc = accg * s[:, None]
     _finish(tl.trans(acc), offs_m, offs_n, M, N, b_ptr, out_ptr, stride_om, part_ptr, cnt_ptr, tile, tl.program_id(2),
             split_k, HAS_BIAS, SPLIT)

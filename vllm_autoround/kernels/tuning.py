@@ -4,18 +4,21 @@ The key is (device, bits, group size, zero kind, dtype, M bucket, N, K). On the 
 (outside CUDA-graph capture) the candidates of its M bucket are timed on the live inputs (back to back in
 a CUDA graph over copies of the weight larger than L2: :mod:`vllm_autoround.kernels.timing`), and one
 replaces the measured default only if it is clearly faster (:data:`REPLACE_DEFAULT_BELOW`);
-`VLLM_AUTOROUND_TUNE=0` turns timing off (defaults only) and `VLLM_AUTOROUND_TUNE_CACHE=/path.json`
-keeps the choices across processes.
+`VLLM_AUTOROUND_TUNE=0` turns timing off (defaults only). The choices are kept across processes in
+:func:`default_cache_path` (a file per version of the kernels, Triton and torch), or in
+`VLLM_AUTOROUND_TUNE_CACHE=/path.json`; `VLLM_AUTOROUND_TUNE_CACHE=` (empty) keeps them in memory only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import tempfile
 import threading
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -64,15 +67,32 @@ DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
 LARGE_TILE = gemm_config(128, 256, 0, warps=8, scale_after=False)
 
 
-def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True) -> KernelConfig:
+def _few_zero_corrections(bits: int, group_size: int) -> bool:
+    """Whether asym gemm16 corrects at most one group per 4-bit K block (128 values): measured faster than
+    gemm_kernel there; narrower groups add a correction and a row sum of x each (docs/kernels.md)."""
+    return bits == 4 and (group_size == -1 or group_size >= 128)
+
+
+def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True, group_size: int = 128) -> KernelConfig:
     """The configuration used when not tuning: the fastest measured (docs/kernels.md).
 
     Every default must fit in shared memory for its bit width: it is what runs under CUDA-graph capture.
+    group_size as in the checkpoint (-1: per channel).
     """
     if mb == 1:
         # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
         # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
         return gemv_config(128, 4, prefetch=bits != 3)
+    if not sym and mb <= 128 and _few_zero_corrections(bits, group_size):
+        # H200 sweep of 2026-12-04 (ci/gpu/probe_gemm16.py, W4 g128 asym, three shapes): 1.21-1.46x gemm_kernel
+        # at M=16, 1.27-1.40x at 32, 1.07-1.13x at 64, 1.08-1.27x at 128
+        if mb <= 16:
+            return gemm16_config(16, 128, 4)
+        if mb <= 32:
+            return gemm16_config(32, 128, 4)
+        if mb <= 64:
+            return gemm16_config(64, 128, 2, stages=3)
+        return gemm16_config(128, 128, 1, warps=8)
     if sym and bits in (2, 4) and mb <= 128:
         # H200 sweeps (ci/gpu/probe_gemm16.py; docs/kernels.md, "The register-operand gemm"): with its word
         # tiles pipelined (32-bit loads), gemm16 beats gemm_kernel's defaults at M=16-64 on every shape
@@ -84,6 +104,11 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True) -> Kern
         if mb <= 64:
             return gemm16_config(64, 128, 2, stages=3)
         return gemm16_config(64, 128, 1, stages=3)
+    if sym and bits == 3 and mb <= 64:
+        # H200 sweep of 2026-12-04 (ci/gpu/probe_gemm16.py, docs/kernels.md): the 3-bit gemm16 beats gemm_kernel
+        # and dequantize + cuBLAS at M=16-32 on every shape (1.24-1.80x) and at M=64 on three of four; two
+        # stages from 32 rows on, since a third stage halves the programs per SM. It loses at M=128.
+        return gemm16_config(16, 64, 4) if mb <= 16 else gemm16_config(32, 128, 4, stages=2)
     # H100 sweep (ci/gpu/probe_gemm.py, docs/kernels.md): 2- and 3-bit decode more slices per word, so
     # narrower tiles win and dequantize + cuBLAS takes over at a smaller M; 3-bit's three word tiles do not
     # fit a 64 x 128 tile's pipeline in shared memory at all.
@@ -98,9 +123,27 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True) -> Kern
     return DEQUANT
 
 
-def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True) -> list[KernelConfig]:
+def _gemm16_candidates(mb: int, bits: int) -> list[KernelConfig]:
+    """gemm16 tilings worth timing for one M bucket; 3-bit: those that compile for sm_90 without spills
+    (ci/kernel_sass.py), fit shared memory and came within 10% of the best on some shape."""
+    if bits == 3:
+        if mb <= 16:
+            return [gemm16_config(16, 64, 4), gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4)]
+        return [gemm16_config(32, 128, 4, stages=2), gemm16_config(32, 64, 4, stages=2),
+                gemm16_config(64, 128, 2, warps=8, stages=2)]
+    if mb <= 16:
+        # 16 x 128 at 8 waves, 4 stages: 59.1 us against the default's 67.1 on W4 8192 x 28672 (H200)
+        return [gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4), gemm16_config(16, 64, 4),
+                gemm16_config(16, 128, 8), gemm16_config(16, 128, 8, stages=4)]
+    if mb <= 64:
+        return [gemm16_config(32, 128, 4), gemm16_config(32, 64, 4, stages=2), gemm16_config(64, 128, 2),
+                gemm16_config(64, 128, 2, stages=2)]
+    return [gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8)]
+
+
+def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True, group_size: int = 128) -> list[KernelConfig]:
     """What the autotuner times for one M bucket (the default first)."""
-    out = [default_config(mb, n, k, bits, sym)]
+    out = [default_config(mb, n, k, bits, sym, group_size)]
     if mb <= 4:
         out += [gemv_config(bn, w, warps, prefetch=pf, warp_n=wn) for bn, wn, w, warps, pf in (
             (128, 32, 4, 4, False), (128, 32, 3, 4, True), (128, 32, 6, 4, False), (128, 32, 8, 4, False),
@@ -115,23 +158,9 @@ def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True) -> list[Ker
                 if bm <= mb for pf in (False, True)]
         out += [gemm_config(16, 128, 4, warps=2, w_first=True), gemm_config(16, 64, 4, w_first=True),
                 gemm_config(64, 64, 2)]
-    if sym and bits == 3 and 1 < mb <= 128:
-        # Not yet timed on a GPU (2026-12-04): 3-bit gemm16 tilings that compile for sm_90 without spills
-        # (ci/kernel_sass.py); the tuner keeps the measured default unless one is clearly faster.
-        if mb <= 16:
-            out += [gemm16_config(16, 128, 4), gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 64, 4)]
-        else:
-            out += [gemm16_config(32, 128, 4, stages=2), gemm16_config(32, 64, 4), gemm16_config(64, 64, 2, stages=2),
-                    gemm16_config(64, 128, 2, warps=8, stages=2)]
-    if sym and bits in (2, 4) and 1 < mb <= 128:
-        if mb <= 16:
-            out += [gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4), gemm16_config(16, 64, 4),
-                    gemm16_config(16, 128, 8)]
-        elif mb <= 64:
-            out += [gemm16_config(32, 128, 4), gemm16_config(32, 64, 4, stages=2),
-                    gemm16_config(64, 128, 2), gemm16_config(64, 128, 2, stages=2)]
-        else:
-            out += [gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8)]
+    if bits in (2, 3, 4) and 1 < mb <= (64 if bits == 3 else 128):
+        # 3-bit gemm16 loses to dequantize + cuBLAS at M=128 (docs/kernels.md)
+        out += _gemm16_candidates(mb, bits)
     if mb >= 128:
         out.append(LARGE_TILE)
     if mb >= 64:
@@ -148,16 +177,51 @@ def _device_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
+# what the tuner's choices depend on besides the key: a change to any of these starts a new cache file
+_FINGERPRINTED = ("triton_kernels.py", "launch.py", "layout.py", "tuning.py", "timing.py")
+
+
+def default_cache_path() -> Path:
+    """``$XDG_CACHE_HOME/vllm_autoround/tune-<fingerprint>.json`` (``~/.cache`` without XDG_CACHE_HOME).
+
+    The fingerprint hashes the kernel and tuner sources and the Triton and torch versions, so a choice timed
+    for other code is never reused; a restart of the same code skips the timing (minutes for a large model).
+    """
+    digest = hashlib.sha256()
+    for name in _FINGERPRINTED:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    for dist in ("triton", "torch"):
+        try:
+            digest.update(f"{dist}={metadata.version(dist)};".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{dist}=?;".encode())
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "vllm_autoround" / f"tune-{digest.hexdigest()[:16]}.json"
+
+
+def _cache_path_from_env() -> Path | None:
+    """The file named by VLLM_AUTOROUND_TUNE_CACHE (empty: none); unset, the default file, unless tuning is off:
+    `VLLM_AUTOROUND_TUNE=0` means the measured defaults, not choices an earlier process timed."""
+    value = os.environ.get("VLLM_AUTOROUND_TUNE_CACHE")
+    if value is None:
+        return default_cache_path() if Tuner.enabled() else None
+    return Path(value) if value.strip() else None
+
+
 class Tuner:
-    """Per-key choice of :class:`KernelConfig`; thread-safe, optionally persisted as JSON."""
+    """Per-key choice of :class:`KernelConfig`; thread-safe, persisted as JSON (module docstring)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cache: dict[str, KernelConfig] = {}
-        self._path = os.environ.get("VLLM_AUTOROUND_TUNE_CACHE")
-        if self._path and Path(self._path).exists():
-            raw = json.loads(Path(self._path).read_text())
-            self._cache = {key: KernelConfig(**cfg) for key, cfg in raw.items()}
+        self._path = _cache_path_from_env()
+        if self._path is not None and self._path.exists():
+            try:
+                raw = json.loads(self._path.read_text())
+                self._cache = {key: KernelConfig(**cfg) for key, cfg in raw.items()}
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                _log.warning("vllm_autoround: ignoring the kernel tuning cache %s (%s); kernels will be re-timed",
+                             self._path, exc)
 
     @staticmethod
     def enabled() -> bool:
@@ -177,8 +241,9 @@ class Tuner:
             return cfg
         mb = m_bucket(x.shape[0])
         if not self.enabled() or x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-            return default_config(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0)
-        cfg = self._tune(x, p, candidates(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0))
+            return default_config(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0, p.group_size)
+        cfg = self._tune(x, p, candidates(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0,
+                                          p.group_size))
         with self._lock:
             self._cache[key] = cfg
             self._save()
@@ -204,14 +269,24 @@ class Tuner:
         return pick(times, default)
 
     def _save(self) -> None:
-        if not self._path:
+        """Atomic write of every choice so far; a cache that cannot be written is given up, with a warning."""
+        if self._path is None:
             return
         data = {key: cfg.to_dict() for key, cfg in self._cache.items()}
-        target = Path(self._path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(f.name, target)
+        target = self._path
+        tmp = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as f:
+                tmp = Path(f.name)
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, target)
+        except OSError as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            _log.warning("vllm_autoround: cannot write the kernel tuning cache %s (%s); choices stay in memory",
+                         target, exc)
+            self._path = None
 
 
 def _reference_output(x: torch.Tensor, p: PreparedWeight, default: KernelConfig) -> torch.Tensor:
