@@ -42,3 +42,12 @@ def smollm2(tmp_path_factory):
     from ci.smollm2 import export_smollm2
 
     return export_smollm2(tmp_path_factory.mktemp("real") / "smollm2", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def toy_mixtral(tmp_path_factory):
+    """A trained 2-layer Mixtral (4 experts, top 2): transformers fuses its experts into 3-D tensors in memory.
+    Narrower than the dense toys, so that training its experts stays within their build time."""
+    from vllm_autoround.toy import build_toy_model
+
+    return build_toy_model(tmp_path_factory.mktemp("toy") / "mixtral", "mixtral", hidden=128, intermediate=256)

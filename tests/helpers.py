@@ -10,11 +10,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,21 +74,26 @@ def dequantized_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def hf_reference_model(ckpt: Path, dtype: torch.dtype = torch.float32):
-    """HF transformers model of the checkpoint's architecture carrying the dequantized weights."""
+    """HF transformers model of the checkpoint's architecture carrying the dequantized weights.
+
+    Loaded with ``from_pretrained`` from a float copy of the checkpoint, so that transformers applies its own
+    on-load conversions (an MoE checkpoint's per-expert matrices become fused expert tensors)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(ckpt)
     config.quantization_config = None
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
-    state = {k: v.to(dtype) for k, v in dequantized_state_dict(ckpt).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
-    assert not missing and not unexpected, (missing, unexpected)
+    state = {k: v.to(dtype).contiguous() for k, v in dequantized_state_dict(ckpt).items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        config.save_pretrained(tmp)
+        save_file(state, str(Path(tmp) / "model.safetensors"), metadata={"format": "pt"})
+        model, info = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, output_loading_info=True)
+    missing = [m for m in info["missing_keys"] if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    assert not missing and not info["unexpected_keys"] and not info["mismatched_keys"], info
     return model.eval()
 
 
-def run_quantize(model: Path, output: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_quantize(model: Path | str, output: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the quantize CLI in a subprocess, as a user would."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "vllm_autoround.quantize", "--model", str(model),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-TOY_FAMILIES = ("llama", "qwen3")
+TOY_FAMILIES = ("llama", "qwen3", "mixtral")
 
 
 def builtin_text() -> str:
@@ -58,6 +58,11 @@ def _config(family: str, vocab_size: int, layers: int, hidden: int, intermediate
         from transformers import Qwen3Config
 
         return Qwen3Config(**common)
+    if family == "mixtral":
+        from transformers import MixtralConfig
+
+        # transformers keeps the experts as fused 3-D tensors, which the quantizer leaves in full precision
+        return MixtralConfig(**common, num_local_experts=4, num_experts_per_tok=2)
     raise ValueError(f"unknown toy family {family!r}; choose one of {TOY_FAMILIES}")
 
 

@@ -38,3 +38,22 @@ def test_layers_no_group_can_describe_stay_unquantized_with_a_warning():
     assert plan.quant_config().extra_config["model.layers.0.mlp.down_proj"].bits == 16
     assert plan_warnings(plan) == ["1 layers stay unquantized: model.layers.0.mlp.down_proj: group_size 32 does "
                                    "not divide in_features 48"]
+
+
+def test_weights_that_are_not_linear_layers_are_named_with_their_share():
+    """transformers keeps an MoE block's experts as fused 3-D tensors, not nn.Linear: the plan cannot quantize
+    them, so it says which tensors stay in full precision and how much of the blocks' weights they hold."""
+    config = dict(model_type="mixtral", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_local_experts=4,
+                  num_experts_per_tok=2, vocab_size=128)
+    plan = build_plan(meta_model(config), LayerScheme(4, 32, True))
+    assert {layer.name.split(".", 3)[-1] for layer in plan.blocks[0]} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}
+    assert plan.not_linear == {"mlp.experts.gate_up_proj": [4, 192, 64], "mlp.experts.down_proj": [4, 64, 96],
+                               "mlp.gate.weight": [4, 64]}
+    attention = 64 * 64 + 32 * 64 + 32 * 64 + 64 * 64
+    experts = 4 * 192 * 64 + 4 * 64 * 96 + 4 * 64
+    assert abs(plan.not_linear_share - experts / (experts + attention)) < 1e-9
+    (line,) = plan_warnings(plan)
+    assert line.startswith(f"{experts / (experts + attention):.0%} of the decoder blocks' weights are not nn.Linear")
+    assert "mlp.experts.gate_up_proj [4, 192, 64], mlp.experts.down_proj [4, 64, 96], mlp.gate.weight" in line

@@ -101,3 +101,11 @@ def test_real_model_with_regrouped_layers_serves_like_hf(smollm2, tmp_path):
     assert config["extra_config"]["model.layers.0.self_attn.q_proj"]["group_size"] == 64
     assert "model.layers.0.mlp.down_proj" not in config["extra_config"]  # 1536 = 12 x 128 keeps g128
     serve_and_compare(ckpt)
+
+
+def test_moe_checkpoint_serves_like_hf(toy_mixtral, tmp_path):
+    """An MoE model's RTN checkpoint (attention quantized, experts in full precision) serves through the plugin:
+    vLLM's fused MoE layer gets no quantization method from us and reads the experts as they are."""
+    ckpt = tmp_path / "w4_g32"
+    run_quantize(toy_mixtral, ckpt, "--bits", "4", "--group_size", "32", "--iters", "0")
+    serve_and_compare(ckpt)

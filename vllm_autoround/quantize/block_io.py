@@ -110,6 +110,24 @@ def _materialize(root: torch.nn.Module, files: ModelFiles, prefix: str, dtype: t
     return missing
 
 
+def check_blocks_readable(files: ModelFiles, model: torch.nn.Module, block_prefix: str) -> None:
+    """Fail before any work when block 0's parameters are not stored under the names they have in memory.
+
+    transformers 5 converts some checkpoints while loading them: an MoE block's per-expert matrices
+    (``block_sparse_moe.experts.N.w1.weight`` on disk) become one fused ``mlp.experts.gate_up_proj``.
+    The block reader does not reproduce those conversions, and SignRound has to run the whole block.
+    """
+    prefix = f"{block_prefix}.0."
+    block = model.get_submodule(block_prefix)[0]
+    absent = [prefix + name for name, _ in block.named_parameters() if not files.has(prefix + name)]
+    if absent:
+        raise FormatError(
+            f"{files.root}: {len(absent)} of decoder block 0's tensors are not in the checkpoint under the names "
+            f"transformers gives them in memory (e.g. {absent[0]!r}; transformers converts them while loading, as "
+            f"it does for fused MoE experts), so SignRound cannot run this model's blocks; --iters 0 (RTN) "
+            f"quantizes its Linear layers and copies every other tensor unchanged")
+
+
 class BlockSource:
     """The model's decoder blocks, materialized one at a time from its safetensors."""
 

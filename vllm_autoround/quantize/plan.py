@@ -7,6 +7,7 @@ meet; RTN and SignRound both execute a plan, and the config writer turns it into
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,10 @@ class QuantPlan:
     extra: list[LinearLayer] = field(default_factory=list)  # quantized layers outside blocks (lm_head)
     skipped: dict[str, str] = field(default_factory=dict)  # layer name -> reason
     regrouped: dict[str, int] = field(default_factory=dict)  # layer name -> the smaller group size it got
+    # weight tensors in the blocks that are not nn.Linear (fused MoE experts, routers): block-relative name ->
+    # shape in one block; they stay in full precision
+    not_linear: dict[str, list[int]] = field(default_factory=dict)
+    not_linear_share: float = 0.0  # their elements over all the blocks' weight-matrix elements
 
     def layers(self) -> list[LinearLayer]:
         return [layer for block in self.blocks for layer in block] + self.extra
@@ -179,7 +184,28 @@ def build_plan(
     for key in layer_config:
         if not any(key == name or _safe_search(key, name) for name in planned):
             raise FormatError(f"--layer_config key {key!r} matches no linear layer of the model")
-    return QuantPlan(prefix, count, blocks, scheme, extra, skipped, regrouped)
+    not_linear, share = _weights_outside_linears(model, prefix)
+    return QuantPlan(prefix, count, blocks, scheme, extra, skipped, regrouped, not_linear, share)
+
+
+def _weights_outside_linears(model: torch.nn.Module, prefix: str) -> tuple[dict[str, list[int]], float]:
+    """Weight matrices (2-D and up) of the decoder blocks that no nn.Linear owns, e.g. transformers' fused MoE
+    experts (``mlp.experts.gate_up_proj [E, 2I, H]``): the plan can only quantize Linear layers, so a user must
+    hear that these stay in full precision, and how much of the model they are."""
+    blocks = model.get_submodule(prefix)
+    found: dict[str, list[int]] = {}
+    outside = total = 0
+    for index, block in enumerate(blocks):
+        linear_weights = {id(m.weight) for m in block.modules() if isinstance(m, torch.nn.Linear)}
+        for name, param in block.named_parameters():
+            if param.dim() < 2 or not param.is_floating_point():
+                continue
+            total += param.numel()
+            if id(param) not in linear_weights:
+                outside += param.numel()
+                if index == 0:
+                    found[name] = list(param.shape)
+    return found, (outside / total if total else 0.0)
 
 
 def plan_warnings(plan: QuantPlan) -> list[str]:
@@ -190,6 +216,13 @@ def plan_warnings(plan: QuantPlan) -> list[str]:
         lines.append(f"{len(plan.regrouped)} layers get group_size {'/'.join(map(str, sizes))} instead of "
                      f"{plan.global_scheme.group_size}, which does not divide their in_features (e.g. "
                      f"{next(iter(plan.regrouped))}); see quantize_report.json")
+    if plan.not_linear:
+        listed = sorted(plan.not_linear.items(), key=lambda item: -math.prod(item[1]))
+        shown = ", ".join(f"{name} {shape}" for name, shape in listed[:3])
+        more = f" and {len(listed) - 3} more" if len(listed) > 3 else ""
+        lines.append(f"{plan.not_linear_share:.0%} of the decoder blocks' weights are not nn.Linear layers and stay "
+                     f"in full precision (per block: {shown}{more}); only Linear layers are quantized, so fused "
+                     f"MoE experts are not supported yet")
     if plan.skipped:
         lines.append(f"{len(plan.skipped)} layers stay unquantized: {next(iter(plan.skipped.values()))}"
                      + (f" (and {len(plan.skipped) - 1} more; see quantize_report.json)" if len(plan.skipped) > 1

@@ -12,8 +12,9 @@ import torch
 
 from vllm_autoround import __version__
 from vllm_autoround.format.schema import LayerScheme
+from vllm_autoround.quantize.block_io import check_blocks_readable
 from vllm_autoround.quantize.calibration import calibration_tokens, load_tokenizer
-from vllm_autoround.quantize.model_files import ModelFiles
+from vllm_autoround.quantize.model_files import ModelFiles, locate_model
 from vllm_autoround.quantize.plan import build_plan, meta_model, parse_layer_config, plan_warnings
 from vllm_autoround.quantize.recipes import Recipe, resolve
 from vllm_autoround.quantize.rtn import quantize_rtn
@@ -27,9 +28,9 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
                    batch_size=args.batch_size, lr=args.lr, minmax_lr=args.minmax_lr)
 
 
-def run_signature(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
-    """Settings that must match for ``--resume`` to continue a run."""
-    return {"model": str(Path(args.model).resolve()), "bits": args.bits, "group_size": args.group_size,
+def run_signature(args: argparse.Namespace, recipe: Recipe, model_dir: Path) -> dict[str, Any]:
+    """Settings that must match for ``--resume`` to continue a run (a Hub model's snapshot included)."""
+    return {"model": str(model_dir.resolve()), "bits": args.bits, "group_size": args.group_size,
             "sym": not args.asym, "layer_config": args.layer_config, "quant_lm_head": args.quant_lm_head,
             "recipe": vars(recipe) if hasattr(recipe, "__dict__") else str(recipe), "seed": args.seed,
             "dataset": args.dataset, "gradient_accumulate_steps": args.gradient_accumulate_steps}
@@ -54,10 +55,11 @@ def check_eval_args(args: argparse.Namespace) -> None:
 def quantize(args: argparse.Namespace) -> Path:
     """Run one quantization; everything that can be checked is checked before ``OUTPUT.partial`` exists."""
     started = time.monotonic()
-    files = ModelFiles(args.model)
+    files = ModelFiles(locate_model(args.model))
     recipe = recipe_from_args(args)
     scheme = LayerScheme(bits=args.bits, group_size=args.group_size, sym=not args.asym)
-    plan = build_plan(meta_model(files.config), scheme, parse_layer_config(args.layer_config), args.quant_lm_head)
+    model = meta_model(files.config)
+    plan = build_plan(model, scheme, parse_layer_config(args.layer_config), args.quant_lm_head)
     for line in plan_warnings(plan):
         print(f"warning: {line}", file=sys.stderr)
     device = resolve_device(args.device)
@@ -66,9 +68,10 @@ def quantize(args: argparse.Namespace) -> Path:
     if recipe.iters:
         if min(recipe.iters, recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1)) < 1:
             raise ValueError("--iters, --batch_size and --gradient_accumulate_steps must be positive")
+        check_blocks_readable(files, model, plan.block_prefix)
         tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen,
                                     args.seed)
-    writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe))
+    writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe, files.root))
     report: dict[str, Any] = {"method": "rtn" if recipe.iters == 0 else "signround", "recipe": vars(recipe)}
     if tokens is None:
         quantize_rtn(files, plan, writer, device)
@@ -85,6 +88,7 @@ def quantize(args: argparse.Namespace) -> Path:
     report["seconds"] = round(time.monotonic() - started, 3)
     report["skipped_layers"] = plan.skipped
     report["regrouped_layers"] = plan.regrouped
+    report["not_linear_weights"] = {"per_block": plan.not_linear, "share": round(plan.not_linear_share, 4)}
     output = writer.finalize(config, files.auxiliary_files(),
                              {"quantization_config.json": quant_config, REPORT_NAME: report})
     if getattr(args, "eval", None) == "ppl":
