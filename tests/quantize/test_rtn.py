@@ -77,6 +77,31 @@ def test_missing_model_dir_is_named(tmp_path):
     assert proc.returncode == 2 and "nope: model directory not found" in proc.stderr
 
 
+def test_hub_ids_are_read_from_the_hub_cache(toy_llama, tmp_path, monkeypatch):
+    """``--model org/name[@revision]`` that is not a local directory goes through huggingface_hub: here its cache,
+    laid out as the Hub client writes it, read offline (the tests never reach the Hub)."""
+    repo = tmp_path / "hub" / "models--acme--toy-llama"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for item in toy_llama.iterdir():
+        (snapshot / item.name).symlink_to(item)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run_quantize("acme/toy-llama", tmp_path / "from_hub", "--iters", "0")
+    run_quantize(toy_llama, tmp_path / "local", "--iters", "0")
+    hub, local = read_checkpoint(tmp_path / "from_hub"), read_checkpoint(tmp_path / "local")
+    assert hub.keys() == local.keys() and all(torch.equal(hub[k], local[k]) for k in hub)
+    assert (tmp_path / "from_hub" / "tokenizer.json").exists()  # the snapshot's other files come along
+    proc = run_quantize(f"acme/toy-llama@{commit}", tmp_path / "pinned", "--iters", "0", check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_quantize("acme/not-cached", tmp_path / "x", "--iters", "0", check=False)
+    assert proc.returncode == 2 and "acme/not-cached: not a local model directory" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
+
+
 def test_crash_leaves_no_complete_looking_checkpoint(toy_llama, tmp_path):
     """A run that dies midway leaves only OUTPUT.partial; --resume then finishes it."""
     import subprocess

@@ -22,7 +22,8 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m vllm_autoround.quantize", description=__doc__)
-    p.add_argument("--model", required=True, help="Hugging Face model directory (safetensors weights)")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model directory (safetensors weights), or a Hub id: org/name[@revision]")
     p.add_argument("--output", required=True, help="directory to create for the quantized checkpoint")
     p.add_argument("--bits", type=int, default=4, help="weight bits: 2, 3, 4 or 8 (default 4)")
     p.add_argument("--group_size", type=int, default=128, help="32, 64, 128 or -1 for per channel (default 128)")

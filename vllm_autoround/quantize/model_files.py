@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,36 @@ from vllm_autoround.format.jsonfile import read_json_object
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 INDEX_NAME = "model.safetensors.index.json"
+# what a Hub repository may hold besides what quantizing reads: other weight formats, ONNX, original checkpoints
+HUB_IGNORE = ["*.bin", "*.pt", "*.pth", "*.gguf", "*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "onnx/*",
+              "original/*", "*.tflite"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def locate_model(model: str | Path) -> Path:
+    """A local model directory as given, or a Hugging Face Hub repository id (``org/name``, optionally
+    ``org/name@revision``) fetched into the Hub cache: its config, tokenizer and safetensors weights only.
+
+    HF_HUB_OFFLINE=1 takes the cached snapshot without asking the Hub."""
+    path = Path(model)
+    text = str(model)
+    repo_id, _, revision = text.partition("@")
+    if path.is_dir() or not _REPO_ID.match(repo_id):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError:
+        raise FormatError(f"{text}: not a local model directory, and huggingface_hub is not installed to fetch "
+                          f"it from the Hub") from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, ignore_patterns=HUB_IGNORE))
+    except LocalEntryNotFoundError:
+        raise FormatError(f"{text}: not a local model directory, and not in the Hugging Face Hub cache (offline, "
+                          f"or the Hub could not be reached)") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise FormatError(f"{text}: not a local model directory, and the Hugging Face Hub could not provide it "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r})") from None
 
 
 class ModelFiles:
