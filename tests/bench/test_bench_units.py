@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_autoround.bench.files import write_atomic, write_text_atomic
 from vllm_autoround.bench.lengths import LengthSpec
 from vllm_autoround.bench.load import poisson_arrivals
 from vllm_autoround.bench.perplexity import text_windows, token_windows
 from vllm_autoround.bench.schema import BenchResult, RequestRecord, decode, encode
 from vllm_autoround.bench.sse import SSEParser
 from vllm_autoround.bench.stats import percentile, summarize, tpot
+from vllm_autoround.format.files import write_atomic, write_text_atomic
 
 STREAM = (b": keep-alive\r\n\r\n"
           b"data: {\"a\": 1}\r\n\r\n"

@@ -6,7 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .files import write_atomic
+from vllm_autoround.format.files import write_atomic
+
 from .report import point_key
 from .schema import LoadPoint
 from .stats import tpot

@@ -8,8 +8,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vllm_autoround.format.files import write_bytes_atomic, write_text_atomic
+
 from .client import Endpoint, RequestOptions, discover_model, new_session
-from .files import write_bytes_atomic, write_text_atomic
 from .lengths import LengthSpec
 from .load import Budget, run_point, warm_up
 from .perplexity import measure_perplexity

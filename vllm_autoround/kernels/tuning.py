@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from functools import lru_cache
 from importlib import metadata
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from vllm_autoround.format.files import write_text_atomic
 from vllm_autoround.kernels.launch import KernelConfig, run
 from vllm_autoround.kernels.layout import PreparedWeight
 from vllm_autoround.kernels.timing import graph_time_us, rotated_copies
@@ -273,19 +273,11 @@ class Tuner:
         if self._path is None:
             return
         data = {key: cfg.to_dict() for key, cfg in self._cache.items()}
-        target = self._path
-        tmp = None
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as f:
-                tmp = Path(f.name)
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, target)
+            write_text_atomic(self._path, json.dumps(data, indent=1, sort_keys=True))
         except OSError as exc:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
             _log.warning("vllm_autoround: cannot write the kernel tuning cache %s (%s); choices stay in memory",
-                         target, exc)
+                         self._path, exc)
             self._path = None
 
 

@@ -1,4 +1,5 @@
-"""Atomic writes: a report is either the old file or the new one, never half of one."""
+"""Atomic writes: a file is either the old one or the new one, never half of one (reports, the kernel tuning
+cache; unique temporary names, so concurrent writers such as tensor-parallel ranks do not collide)."""
 
 from __future__ import annotations
 
