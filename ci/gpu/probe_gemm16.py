@@ -46,7 +46,7 @@ CASES = ((4, 128, True, 4096, 14336, SMALL_M + LARGE_M), (4, 128, True, 14336, 4
 LARGE = (gemm16_config(64, 128, 1), gemm16_config(128, 128, 1, warps=8), gemm16_config(128, 128, 1, warps=8, stages=2),
          gemm16_config(256, 128, 1, warps=8, stages=2), gemm16_config(256, 64, 1, stages=2))
 TILINGS = {16: (gemm16_config(16, 128, 4, stages=2), gemm16_config(16, 128, 4, stages=3), gemm16_config(16, 64, 4),
-                gemm16_config(16, 128, 8, stages=3)),
+                gemm16_config(16, 128, 8, stages=3), gemm16_config(16, 128, 4, stages=4)),
            32: (gemm16_config(32, 64, 4, stages=2), gemm16_config(32, 64, 4), gemm16_config(32, 128, 4, stages=3),
                 gemm16_config(64, 128, 2, stages=2)),
            64: (gemm16_config(64, 128, 2, stages=2), gemm16_config(64, 128, 2, stages=3), gemm16_config(64, 64, 4),
@@ -72,7 +72,8 @@ def load_baseline(path: str):
     module = kc.load_triton_kernels(path)
     # the 32-bit kernels split each loaded word themselves: `hi = (wa >> 16).to(tl.int16)`
     module.READS_INT16 = re.search(r">> 16\)\.to\(tl\.int16\)", Path(path).read_text()) is None
-    if "z_ptr" not in module.gemm16_kernel.arg_names:
+    module.HAS_ASYM = "z_ptr" in module.gemm16_kernel.arg_names
+    if not module.HAS_ASYM:
         module.gemm16_kernel = _WithoutZeroPoints(module.gemm16_kernel)
     return module
 
@@ -97,6 +98,20 @@ def baseline_gemm16(tk_old, x, p, cfg):
         return launch.gemm16(x, p, cfg)
 
 
+def run_for_ncu() -> None:
+    """Four launches of the M=16 default on W4 g128 4096x14336, for Nsight Compute::
+
+        ncu --clock-control none --kernel-name regex:gemm16 --launch-skip 2 --launch-count 1 --section \\
+            SpeedOfLight --section WarpStateStats --section Occupancy python3 ci/gpu/probe_gemm16.py --ncu --out x
+    """
+    ck = kc.random_checkpoint(4, 128, True, 4096, 14336)
+    p = kc.prepared_copies(ck, 1 << 40)[0]
+    x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(4):
+        run(x, p, default_config(16, 14336, 4096, 4, True))
+    torch.cuda.synchronize()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -104,7 +119,12 @@ def main() -> None:
     ap.add_argument("--baseline", help="an older triton_kernels.py whose gemm16 kernel is timed alongside")
     ap.add_argument("--cases", help="indices into CASES, comma-separated (default: all)")
     ap.add_argument("--min_m", type=int, default=1, help="skip smaller M")
+    ap.add_argument("--max_m", type=int, default=1 << 30, help="skip larger M")
+    ap.add_argument("--ncu", action="store_true", help="only launch the M=16 default a few times, for a profiler")
     a = ap.parse_args()
+    if a.ncu:
+        run_for_ncu()
+        return
     tk_old = load_baseline(a.baseline) if a.baseline else None
     cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES
     t0 = time.time()
@@ -117,7 +137,7 @@ def main() -> None:
         nbytes = kc.weight_bytes(bits, gs, k, n, sym)
         preps = kc.prepared_copies(ck, nbytes)
         dense = kc.dense_copies(n, k)
-        for m in (m for m in ms if m >= a.min_m):
+        for m in (m for m in ms if a.min_m <= m <= a.max_m):
             label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = kc.reference_out(x, ck)
@@ -131,9 +151,9 @@ def main() -> None:
             tilings = TILINGS_W3[mb] if bits == 3 else TILINGS[mb]
             cfgs += [(name(c), c) for c in tilings if c.kind != "gemm16" or bits in (2, 3, 4)]
             runs = [(kernel, cfg, lambda x, p, cfg=cfg: run(x, p, cfg)) for kernel, cfg in cfgs]
-            if tk_old is not None and sym and bits in (2, 4):
+            if tk_old is not None and (sym or tk_old.HAS_ASYM):
                 runs += [("baseline " + name(c), c, lambda x, p, c=c: baseline_gemm16(tk_old, x, p, c))
-                         for c in TILINGS[mb] if c.kind == "gemm16"]
+                         for c in tilings if c.kind == "gemm16"]
             for kernel, cfg, fn in runs:
                 try:
                     err = kc.rel_err(fn(x, preps[0]), ref)

@@ -6,6 +6,7 @@ so an element the kernel fails to write shows up; shapes have N tails past the t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,6 +92,46 @@ def test_gemm16_magic_numbers_put_a_code_in_the_units_place(dtype, magic, base):
     mantissa of ``base`` reads as ``base + code`` in the activation dtype."""
     codes = torch.arange(16, dtype=torch.int16)
     assert torch.equal((codes | magic).view(dtype).float(), codes.float() + base)
+
+
+def _run_ptx(asm: str, word: int) -> int:
+    """What one of gemm16's decode snippets leaves in ``$0`` for the 32-bit input ``$1``: it uses only
+    ``shr.b32`` and ``lop3.b32`` (the truth table applied bit by bit, as PTX defines it)."""
+    regs = {"$1": word}
+    for ins in asm.strip("{} ").split(";"):
+        ins = ins.strip()
+        if not ins or ins.startswith(".reg"):
+            continue
+        op, args = ins.split(" ", 1)
+        dst, *srcs = [a.strip() for a in args.split(",")]
+        vals = [regs[a] if a.startswith(("$", "t")) else int(a, 0) for a in srcs]
+        if op == "shr.b32":
+            regs[dst] = vals[0] >> vals[1]
+        elif op == "lop3.b32":
+            a, b, c, lut = vals
+            regs[dst] = sum(((lut >> ((a >> i & 1) << 2 | (b >> i & 1) << 1 | (c >> i & 1))) & 1) << i
+                            for i in range(32))
+        else:
+            raise AssertionError(f"unexpected instruction {op!r} in {asm!r}")
+    return regs["$0"]
+
+
+@pytest.mark.parametrize("dtype, base", [(torch.bfloat16, 128), (torch.float16, 1024)], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_gemm16_decode_ptx_gives_base_plus_code_in_both_lanes(dtype, base, bits):
+    """The compiled decode (inline PTX, which the interpreter cannot run): for every field position of two
+    random 16-bit lanes, one shift and one LOP3 leave ``base + field`` in each lane of the activation dtype."""
+    from vllm_autoround.kernels import triton_kernels as tk
+
+    rng = np.random.default_rng(bits)
+    lanes = rng.integers(0, 1 << 16, size=(64, 2))
+    mask = (1 << bits) - 1
+    for sh in range(16 - bits + 1):
+        asm = tk._MAGIC16[(256 if dtype == torch.float16 else 0) + 16 * sh + mask]
+        out = [_run_ptx(asm, int(lo | hi << 16)) for lo, hi in lanes]
+        got = torch.tensor(out, dtype=torch.int64).to(torch.int32).view(dtype).view(-1, 2).float()
+        want = torch.tensor((lanes >> sh) & mask, dtype=torch.float32) + base
+        assert torch.equal(got, want), f"shift {sh}"
 
 
 @pytest.mark.parametrize("scheme", ALL_SCHEMES, ids=scheme_id)

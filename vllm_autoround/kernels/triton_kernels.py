@@ -514,6 +514,29 @@ def _bits16(h, SH: tl.constexpr, MASK: tl.constexpr, ASM: tl.constexpr):
     return _shr16(h, SH, ASM) & tl.full(h.shape, MASK, tl.int16)
 
 
+def _magic16_asm(sh: int, mask: int, magic: int) -> str:
+    lop = f"lop3.b32 $0, %s, {mask * 0x10001}, {magic}, 0xea;"
+    return f"{{ .reg .b32 t; shr.b32 t, $1, {sh}; {lop % 't'} }}" if sh else lop % "$1"
+
+
+# (h >> SH) & MASK OR-ed under the exponent of the magic 128.0 (bf16) / 1024.0 (fp16), two int16 lanes per
+# 32-bit shift and LOP3; indexed by 256 * is_fp16 + 16 * SH + MASK.
+_MAGIC16: tl.constexpr = tl.constexpr(tuple(_magic16_asm(sh, mask, magic) for magic in (0x43004300, 0x64006400)
+                                            for sh in range(16) for mask in range(16)))
+
+
+@_jit
+def _magic16(h, SH: tl.constexpr, MASK: tl.constexpr, dt: tl.constexpr):
+    """``magic + ((h >> SH) & MASK)`` as ``dt`` for int16 lanes ``h`` (MASK < 16), two lanes per 32-bit shift
+    and LOP3; compiled only (the interpreter runs no PTX)."""
+    if dt == tl.bfloat16:
+        q = tl.inline_asm_elementwise(_MAGIC16[16 * SH + MASK], "=r,r", [h], dtype=tl.bfloat16, is_pure=True, pack=2)
+    else:
+        q = tl.inline_asm_elementwise(_MAGIC16[256 + 16 * SH + MASK], "=r,r", [h], dtype=tl.float16, is_pure=True,
+                                      pack=2)
+    return q
+
+
 @_jit
 def _code16(f, ZERO: tl.constexpr, dt: tl.constexpr, INTERPRETED: tl.constexpr):
     """``f - ZERO`` in ``dt`` (exact) for small non-negative int16 codes ``f``.
@@ -536,10 +559,14 @@ def _decode16(h, SH: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr, dt: t
               INTERPRETED: tl.constexpr):
     """``code - ZERO`` in ``dt`` for the BITS-bit field at bit SH of each 16-bit lane of ``h``.
 
-    Nothing but integer ops, a bitcast and a constant subtraction lie between the load of ``h`` and the MMA, so
-    Triton moves the conversion to the MMA's register layout up to that load.
+    Nothing but integer ops (inline PTX), a bitcast and a constant subtraction lie between the load of ``h``
+    and the MMA, so Triton moves the conversion to the MMA's register layout up to that load.
     """
-    return _code16(_bits16(h, SH, (1 << BITS) - 1, not INTERPRETED), ZERO, dt, INTERPRETED)
+    if INTERPRETED:
+        q = _code16(_bits16(h, SH, (1 << BITS) - 1, False), ZERO, dt, INTERPRETED)
+    else:
+        q = _magic16(h, SH, (1 << BITS) - 1, dt) - ((128.0 if dt == tl.bfloat16 else 1024.0) + ZERO)
+    return q
 
 
 @_jit
@@ -562,16 +589,17 @@ def _decode16_w3(la, ha, lb, hb, lc, hc, J: tl.constexpr, ZERO: tl.constexpr, dt
             lo = lc
             hi = hc
         if F < 5:
-            f = _bits16(lo, 3 * F, 7, ASM)
+            q = _decode16(lo, 3 * F, 3, ZERO, dt, INTERPRETED)
         elif F == 5:
             f = _bits16(lo, 15, 1, ASM) | (_shl16(hi, 1, ASM) & tl.full(hi.shape, 6, tl.int16))
+            q = _code16(f, ZERO, dt, INTERPRETED)
         else:
-            f = _bits16(hi, 3 * F - 16, 7, ASM)
+            q = _decode16(hi, 3 * F - 16, 3, ZERO, dt, INTERPRETED)
     elif J == 30:
-        f = _bits16(ha, 14, 3, ASM) | _bits16(hb, 12, 4, ASM)
+        q = _code16(_bits16(ha, 14, 3, ASM) | _bits16(hb, 12, 4, ASM), ZERO, dt, INTERPRETED)
     else:
-        f = _bits16(hb, 15, 1, ASM) | _bits16(hc, 13, 6, ASM)
-    return _code16(f, ZERO, dt, INTERPRETED)
+        q = _code16(_bits16(hb, 15, 1, ASM) | _bits16(hc, 13, 6, ASM), ZERO, dt, INTERPRETED)
+    return q
 
 
 @_jit
@@ -621,6 +649,13 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     xsum = tl.zeros([BLOCK_M], dtype=tl.float32)
     if GS == 0:
         s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+    else:
+        # a group's scales (and zero points) are loaded while the group before it is decoded: too small for
+        # cp.async, they would otherwise wait for DRAM at every group's start
+        last_g = (K + GS - 1) // GS - 1
+        g_next = tl.minimum(b_start * BK // GS, last_g)
+        s_next, zc_next = _group_params(s_ptr, z_ptr, g_next, g_next * GS, offs_n, n_mask, N, K, ZERO, BLOCK_N,
+                                        EVEN_K)
     w_ptrs = w_ptr + offs_r[None, :] * N + offs_n[:, None]
     w_mask = n_mask[:, None]
     for b in range(b_start, b_end):
@@ -639,7 +674,11 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             kj = k0 + j * R
             if GS != 0:
                 if (j * R) % GS == 0:
-                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+                    s = s_next
+                    zc = zc_next
+                    g_next = tl.minimum(kj // GS + 1, last_g)
+                    s_next, zc_next = _group_params(s_ptr, z_ptr, g_next, g_next * GS, offs_n, n_mask, N, K, ZERO,
+                                                    BLOCK_N, EVEN_K)
                     if ASYM:
                         xsum = _x_row_sums(x_ptr, offs_m, m_mask, kj, SEG, K, stride_xm, EVEN_K)
             xj = _x_slice_t(x_ptr, offs_m, m_mask, kj + offs_r, K, stride_xm, EVEN_K)

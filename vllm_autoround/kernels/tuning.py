@@ -98,7 +98,9 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True, group_s
         # tiles pipelined (32-bit loads), gemm16 beats gemm_kernel's defaults at M=16-64 on every shape
         # measured and dequantize + cuBLAS at M=128; a 3-stage pipeline wins from M=32 on.
         if mb <= 16:
-            return gemm16_config(16, 128, 4, stages=2)
+            # W4: a third stage since the decode's fused LOP3 and the scale prefetch (2026-12-04, fourth
+            # session: 18.8 / 18.7 / 50.9 against 19.1 / 19.3 / 60.1 us); W2 measured even
+            return gemm16_config(16, 128, 4, stages=3 if bits == 4 else 2)
         if mb <= 32:
             return gemm16_config(32, 128, 4, stages=3) if bits == 4 else gemm16_config(32, 64, 4, stages=2)
         if mb <= 64:
