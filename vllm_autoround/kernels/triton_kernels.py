@@ -134,6 +134,20 @@ def _group_params(s_ptr, z_ptr, g, kj, offs_n, n_mask, N, K, ZERO: tl.constexpr,
 
 
 @_jit
+def _next_group(kj, K, GS: tl.constexpr, BK: tl.constexpr):
+    """The group whose scales the K loop loads next after the group load at ``kj``: groups narrower than a
+    K block start every GS values, wider ones are (re)loaded at every block start; clamped to the last."""
+    STEP: tl.constexpr = GS if GS < BK else BK
+    return tl.minimum((kj + STEP) // GS, (K + GS - 1) // GS - 1)
+
+
+@_jit
+def _first_group(b, K, GS: tl.constexpr, BK: tl.constexpr):
+    """The group of K block ``b``'s first value (clamped to the last group)."""
+    return tl.minimum(b * BK // GS, (K + GS - 1) // GS - 1)
+
+
+@_jit
 def _load_words(ptrs, mask, WHOLE: tl.constexpr):
     """Values at ``ptrs``; masked (zero outside ``mask``) unless the tile is whole."""
     if WHOLE:
@@ -405,6 +419,11 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if GS == 0:
         s, zc = _group_params(s_ptr, z_ptr, 0, 0, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+    else:
+        # each group's scales (and zero points) are loaded one group ahead (as in gemm16_kernel)
+        g_next = _first_group(b_start, K, GS, BK)
+        s_next, zc_next = _group_params(s_ptr, z_ptr, g_next, g_next * GS, offs_n, n_mask, N, K, ZERO, BLOCK_N,
+                                        EVEN_K)
     if W_FIRST:
         w_ptrs = w_ptr + offs_r[None, :] * N + offs_n[:, None]
         w_mask = n_mask[:, None]
@@ -431,7 +450,11 @@ def gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
             kj = k0 + j * R
             if GS != 0:
                 if (j * R) % GS == 0:
-                    s, zc = _group_params(s_ptr, z_ptr, kj // GS, kj, offs_n, n_mask, N, K, ZERO, BLOCK_N, EVEN_K)
+                    s = s_next
+                    zc = zc_next
+                    g_next = _next_group(kj, K, GS, BK)
+                    s_next, zc_next = _group_params(s_ptr, z_ptr, g_next, g_next * GS, offs_n, n_mask, N, K, ZERO,
+                                                    BLOCK_N, EVEN_K)
             kk = kj + offs_r
             if W_FIRST:
                 xj = _x_slice_t(x_ptr, offs_m, m_mask, kk, K, stride_xm, EVEN_K)
@@ -652,8 +675,7 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
     else:
         # a group's scales (and zero points) are loaded while the group before it is decoded: too small for
         # cp.async, they would otherwise wait for DRAM at every group's start
-        last_g = (K + GS - 1) // GS - 1
-        g_next = tl.minimum(b_start * BK // GS, last_g)
+        g_next = _first_group(b_start, K, GS, BK)
         s_next, zc_next = _group_params(s_ptr, z_ptr, g_next, g_next * GS, offs_n, n_mask, N, K, ZERO, BLOCK_N,
                                         EVEN_K)
     w_ptrs = w_ptr + offs_r[None, :] * N + offs_n[:, None]
@@ -676,7 +698,7 @@ def gemm16_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr,
                 if (j * R) % GS == 0:
                     s = s_next
                     zc = zc_next
-                    g_next = tl.minimum(kj // GS + 1, last_g)
+                    g_next = _next_group(kj, K, GS, BK)
                     s_next, zc_next = _group_params(s_ptr, z_ptr, g_next, g_next * GS, offs_n, n_mask, N, K, ZERO,
                                                     BLOCK_N, EVEN_K)
                     if ASYM:
