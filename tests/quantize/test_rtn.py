@@ -103,16 +103,18 @@ def test_hub_ids_are_read_from_the_hub_cache(toy_llama, tmp_path, monkeypatch):
 
 
 def test_crash_leaves_no_complete_looking_checkpoint(toy_llama, tmp_path):
-    """A run that dies midway leaves only OUTPUT.partial; --resume then finishes it."""
+    """A run that dies while writing a shard leaves only OUTPUT.partial (with the shard's half-written
+    temporary file); --resume then finishes it, and the temporary file is not published."""
     import subprocess
     import sys
 
     out = tmp_path / "out"
-    code = ("import sys; import vllm_autoround.quantize.rtn as r; orig = r.CheckpointWriter.write_unit\n"
-            "def boom(self, unit, *a, **k):\n"
-            "    if unit == 'block-0001': import os; os._exit(9)\n"
-            "    return orig(self, unit, *a, **k)\n"
-            "r.CheckpointWriter.write_unit = boom\n"
+    code = ("import sys; import vllm_autoround.quantize.writer as w; orig = w.save_file\n"
+            "def boom(tensors, path, **k):\n"
+            "    if 'block-0001' in path:\n"
+            "        open(path, 'wb').write(b'half'); import os; os._exit(9)\n"
+            "    return orig(tensors, path, **k)\n"
+            "w.save_file = boom\n"
             "from vllm_autoround.quantize.__main__ import main\n"
             f"sys.exit(main(['--model', {str(toy_llama)!r}, '--output', {str(out)!r}, '--iters', '0']))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -120,6 +122,8 @@ def test_crash_leaves_no_complete_looking_checkpoint(toy_llama, tmp_path):
     assert not out.exists()
     partial = tmp_path / "out.partial"
     assert (partial / "model-block-0000.safetensors").exists()
+    assert not (partial / "model-block-0001.safetensors").exists()
+    assert [p.name for p in partial.glob(".model-block-0001.safetensors.*")]  # the killed write's temporary
     proc = run_quantize(toy_llama, out, "--iters", "0", check=False)
     assert proc.returncode == 2 and "--resume" in proc.stderr
     run_quantize(toy_llama, out, "--iters", "0", "--resume")
@@ -127,3 +131,4 @@ def test_crash_leaves_no_complete_looking_checkpoint(toy_llama, tmp_path):
     run_quantize(toy_llama, reference, "--iters", "0")
     a, b = read_checkpoint(out), read_checkpoint(reference)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())

@@ -17,14 +17,13 @@ import torch
 from safetensors.torch import save_file
 
 from vllm_autoround.format.errors import FormatError
+from vllm_autoround.format.files import write_atomic, write_text_atomic
 
 MANIFEST = "progress.json"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 class CheckpointWriter:
@@ -40,8 +39,16 @@ class CheckpointWriter:
             raise FormatError(f"{self.partial}: an interrupted run left this directory; pass --resume to "
                               f"continue it or delete it")
         self.partial.mkdir(parents=True, exist_ok=True)
+        self._remove_temporaries()
         self.manifest = self._load_manifest() if resume else {"signature": self.signature, "units": {}}
         write_json_atomic(self.partial / MANIFEST, self.manifest)
+
+    def _remove_temporaries(self) -> None:
+        """Delete the temporary files a killed run left (``format.files.write_atomic`` names them ``.NAME.*``;
+        nothing else in ``.partial`` starts with a dot until ``finalize`` copies the model's side files)."""
+        for path in self.partial.iterdir():
+            if path.name.startswith(".") and path.is_file():
+                path.unlink()
 
     def _load_manifest(self) -> dict[str, Any]:
         path = self.partial / MANIFEST
@@ -71,16 +78,14 @@ class CheckpointWriter:
     def write_unit(self, unit: str, tensors: dict[str, torch.Tensor], info: dict | None = None) -> None:
         """Save one unit's tensors as a shard, then record it as finished."""
         file = f"model-{unit}.safetensors"
-        tmp = self.partial / f".{file}.tmp"
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": "pt"})
-        tmp.chmod(0o644)
-        os.replace(tmp, self.partial / file)
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        write_atomic(self.partial / file, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
         self.manifest["units"][unit] = {"file": file, "tensors": sorted(tensors), "info": info or {}}
         write_json_atomic(self.partial / MANIFEST, self.manifest)
 
     def finalize(self, config: dict[str, Any], auxiliary_files: list[Path], extra_json: dict[str, Any]) -> Path:
         """Write the index, config and side files, then rename ``.partial`` to the output directory."""
+        self._remove_temporaries()
         weight_map: dict[str, str] = {}
         total = 0
         for entry in self.manifest["units"].values():
