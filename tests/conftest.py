@@ -51,3 +51,13 @@ def toy_mixtral(tmp_path_factory):
     from vllm_autoround.toy import build_toy_model
 
     return build_toy_model(tmp_path_factory.mktemp("toy") / "mixtral", "mixtral", hidden=128, intermediate=256)
+
+
+@pytest.fixture(scope="session")
+def toy_mixtral_w4(toy_mixtral, tmp_path_factory):
+    """toy_mixtral's RTN W4 g32 checkpoint and the quantizer's stderr (one run for the quantize and serve tests)."""
+    from tests.helpers import run_quantize
+
+    ckpt = tmp_path_factory.mktemp("ckpt") / "mixtral_w4_g32"
+    proc = run_quantize(toy_mixtral, ckpt, "--bits", "4", "--group_size", "32", "--iters", "0")
+    return ckpt, proc.stderr

@@ -11,11 +11,10 @@ import torch
 from tests.helpers import hf_reference_model, read_checkpoint, run_quantize
 
 
-def test_rtn_quantizes_the_linear_layers_and_copies_the_experts(toy_mixtral, tmp_path):
-    ckpt = tmp_path / "w4"
-    proc = run_quantize(toy_mixtral, ckpt, "--bits", "4", "--group_size", "32", "--iters", "0")
-    assert "of the decoder blocks' weights are not nn.Linear layers and stay in full precision" in proc.stderr
-    assert "mlp.experts.gate_up_proj [4, 512, 128]" in proc.stderr
+def test_rtn_quantizes_the_linear_layers_and_copies_the_experts(toy_mixtral, toy_mixtral_w4):
+    ckpt, stderr = toy_mixtral_w4
+    assert "of the decoder blocks' weights are not nn.Linear layers and stay in full precision" in stderr
+    assert "mlp.experts.gate_up_proj [4, 512, 128]" in stderr
     report = json.loads((ckpt / "quantize_report.json").read_text())["not_linear_weights"]
     assert set(report["per_block"]) == {"mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight"}
     experts, router, attention = 4 * 3 * 128 * 256, 4 * 128, 2 * 128 * 128 + 2 * 64 * 128

@@ -103,9 +103,7 @@ def test_real_model_with_regrouped_layers_serves_like_hf(smollm2, tmp_path):
     serve_and_compare(ckpt)
 
 
-def test_moe_checkpoint_serves_like_hf(toy_mixtral, tmp_path):
+def test_moe_checkpoint_serves_like_hf(toy_mixtral_w4):
     """An MoE model's RTN checkpoint (attention quantized, experts in full precision) serves through the plugin:
     vLLM's fused MoE layer gets no quantization method from us and reads the experts as they are."""
-    ckpt = tmp_path / "w4_g32"
-    run_quantize(toy_mixtral, ckpt, "--bits", "4", "--group_size", "32", "--iters", "0")
-    serve_and_compare(ckpt)
+    serve_and_compare(toy_mixtral_w4[0])
