@@ -538,6 +538,8 @@ def _bits16(h, SH: tl.constexpr, MASK: tl.constexpr, ASM: tl.constexpr):
 
 
 def _magic16_asm(sh: int, mask: int, magic: int) -> str:
+    """PTX for ``((x >> sh) & mask·0x10001) | magic`` on one 32-bit register (two 16-bit lanes); LUT 0xea is
+    ``(a & b) | c``."""
     lop = f"lop3.b32 $0, %s, {mask * 0x10001}, {magic}, 0xea;"
     return f"{{ .reg .b32 t; shr.b32 t, $1, {sh}; {lop % 't'} }}" if sh else lop % "$1"
 
