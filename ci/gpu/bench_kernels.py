@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_common import (  # noqa: E402
     copies_for,
     dense_copies,
+    prepared,
     random_checkpoint,
     reference_weight,
     rel_err,
@@ -37,7 +38,7 @@ from kernel_common import (  # noqa: E402
 )
 
 from vllm_autoround.format.packing import unpack_cols  # noqa: E402
-from vllm_autoround.kernels import prepare_weight, quantized_linear  # noqa: E402
+from vllm_autoround.kernels import quantized_linear  # noqa: E402
 from vllm_autoround.kernels.launch import run  # noqa: E402
 from vllm_autoround.kernels.tuning import TUNER, candidates, m_bucket  # noqa: E402
 
@@ -127,8 +128,7 @@ def _precompile(scheme, cfg_dicts):
 
     _, bits, gs, sym, _, _ = scheme
     ck = random_checkpoint(bits, gs, sym, 1024, 352)
-    p = prepare_weight(ck["qweight"], ck["qzeros"], ck["scales"], bits=bits, group_size=gs,
-                       zero_point_offset=ck["zero_point_offset"])
+    p = prepared(ck)
     x = torch.randn(20, 1024, device=DEV, dtype=torch.bfloat16)
     failed = 0
     for d in cfg_dicts:
@@ -228,8 +228,7 @@ def main():
             nbytes = weight_bytes(bits, gs, k, n, sym)
             copies = copies_for(nbytes)
             cks = [random_checkpoint(bits, gs, sym, k, n, device=DEV, seed=i) for i in range(copies)]
-            preps = [prepare_weight(c["qweight"], c["qzeros"], c["scales"], bits=bits, group_size=gs,
-                                    zero_point_offset=c["zero_point_offset"]) for c in cks]
+            preps = [prepared(c) for c in cks]
             others = {}
             if vk is not None and with_vllm:
                 for label, make in (("marlin", vk.marlin), ("machete", vk.machete)):

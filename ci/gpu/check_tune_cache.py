@@ -20,7 +20,7 @@ from vllm_autoround.kernels.tuning import TUNER  # noqa: E402
 
 def main() -> None:
     ck = kc.random_checkpoint(3, 64, True, 4096, 14336)
-    p = kc.prepared_copies(ck, 1 << 50)[0]
+    p = kc.prepared(ck)
     t0 = time.perf_counter()
     for m in (2, 4, 8, 16, 32, 64, 128):
         x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)

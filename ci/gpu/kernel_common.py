@@ -64,14 +64,19 @@ def dense_copies(n: int, k: int, device: str = "cuda") -> list[torch.Tensor]:
     return [torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02 for _ in range(copies_for(2 * k * n))]
 
 
+def prepared(ckpt: dict, copy_scales: bool = False, bias: torch.Tensor | None = None):
+    """The kernels' repacked weight of a :func:`random_checkpoint` (copy_scales: its own copy of the scales)."""
+    from vllm_autoround.kernels.layout import prepare_weight
+
+    scales = ckpt["scales"].clone() if copy_scales else ckpt["scales"]
+    return prepare_weight(ckpt["qweight"], ckpt["qzeros"], scales, bits=ckpt["bits"], group_size=ckpt["group_size"],
+                          zero_point_offset=ckpt["zero_point_offset"], bias=bias)
+
+
 def prepared_copies(ckpt: dict, nbytes: int) -> list:
     """Repacked copies of one checkpoint (scales copied too, so no copy shares L2-resident bytes), enough
     that cycling through them streams ``nbytes`` per copy past L2."""
-    from vllm_autoround.kernels.layout import prepare_weight
-
-    return [prepare_weight(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"].clone(), bits=ckpt["bits"],
-                           group_size=ckpt["group_size"], zero_point_offset=ckpt["zero_point_offset"])
-            for _ in range(copies_for(nbytes))]
+    return [prepared(ckpt, copy_scales=True) for _ in range(copies_for(nbytes))]
 
 
 def weight_bytes(bits: int, group_size: int, k: int, n: int, sym: bool) -> int:

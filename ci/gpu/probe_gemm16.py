@@ -105,7 +105,7 @@ def run_for_ncu() -> None:
             SpeedOfLight --section WarpStateStats --section Occupancy python3 ci/gpu/probe_gemm16.py --ncu --out x
     """
     ck = kc.random_checkpoint(4, 128, True, 4096, 14336)
-    p = kc.prepared_copies(ck, 1 << 40)[0]
+    p = kc.prepared(ck)
     x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16)
     for _ in range(4):
         run(x, p, default_config(16, 14336, 4096, 4, True))

@@ -32,6 +32,7 @@ from kernel_common import (  # noqa: E402
     dense_copies,
     launching,
     load_triton_kernels,
+    prepared,
     prepared_copies,
     random_checkpoint,
     reference_out,
@@ -42,7 +43,7 @@ from kernel_common import (  # noqa: E402
 
 from vllm_autoround.kernels import launch  # noqa: E402
 from vllm_autoround.kernels.launch import KernelConfig, run, split_plan  # noqa: E402
-from vllm_autoround.kernels.layout import INTERLEAVE, block_k, prepare_weight  # noqa: E402
+from vllm_autoround.kernels.layout import INTERLEAVE, block_k  # noqa: E402
 
 # (bits, group size, sym, K, N)
 SHAPES = ((4, 128, True, 4096, 14336), (4, 128, False, 4096, 14336), (3, 64, True, 4096, 14336),
@@ -126,8 +127,7 @@ def run_for_ncu() -> None:
     from vllm_autoround.kernels.tuning import default_config
 
     ckpt = random_checkpoint(4, 128, True, 4096, 14336)
-    p = prepare_weight(ckpt["qweight"], ckpt["qzeros"], ckpt["scales"], bits=4, group_size=128,
-                       zero_point_offset=ckpt["zero_point_offset"])
+    p = prepared(ckpt)
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     for cfg in (default_config(1, 14336, 4096, 4), KernelConfig("gemv", block_n=64, waves=6, num_warps=2,
                                                                   prefetch=True)):

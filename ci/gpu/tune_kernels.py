@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kernel_common import (  # noqa: E402
     copies_for,
     dense_copies,
+    prepared,
     random_checkpoint,
     reference_out,
     rel_err,
@@ -33,7 +34,7 @@ from kernel_common import (  # noqa: E402
     weight_bytes,
 )
 
-from vllm_autoround.kernels import prepare_weight, quantized_linear  # noqa: E402
+from vllm_autoround.kernels import quantized_linear  # noqa: E402
 from vllm_autoround.kernels.launch import KernelConfig, run  # noqa: E402
 
 SHAPES = [(4096, 14336), (14336, 4096), (4096, 6144), (8192, 28672)]
@@ -93,8 +94,7 @@ def _small_weight(scheme, k, n):
         bits, gs, sym = scheme
         ck = random_checkpoint(bits, gs, sym, k, n, seed=hash(key) % 1000)
         bias = torch.randn(n, device="cuda", dtype=torch.float16)
-        p = prepare_weight(ck["qweight"], ck["qzeros"], ck["scales"], bits=bits, group_size=gs,
-                           zero_point_offset=ck["zero_point_offset"], bias=bias)
+        p = prepared(ck, bias=bias)
         _W[key] = (ck, p, bias)
     return _W[key]
 
@@ -152,8 +152,7 @@ def time_variants(log, deadline):
                 bits, gs, sym = scheme
                 nbytes = weight_bytes(bits, gs, k, n, sym)
                 ck = random_checkpoint(bits, gs, sym, k, n)
-                preps = [prepare_weight(ck["qweight"], ck["qzeros"], ck["scales"], bits=bits, group_size=gs,
-                                        zero_point_offset=ck["zero_point_offset"]) for _ in range(copies_for(nbytes))]
+                preps = [prepared(ck) for _ in range(copies_for(nbytes))]
                 for ms, cfg in items:
                     for m in ms:
                         x = x_all[:m]
@@ -183,8 +182,7 @@ def copy_bandwidth():
 def compile_check():
     ck = random_checkpoint(4, 128, False, 1024, 512)
     bias = torch.randn(512, device="cuda", dtype=torch.bfloat16)
-    p = prepare_weight(ck["qweight"], ck["qzeros"], ck["scales"], bits=4, group_size=128,
-                       zero_point_offset=0, bias=bias)
+    p = prepared(ck, bias=bias)
     f = torch.compile(lambda x: quantized_linear(x, p) * 2.0, fullgraph=True, dynamic=True)
     out = {}
     for m in (1, 5, 64, 300):
