@@ -1,5 +1,6 @@
 """Count the machine instructions of the gemv kernel's main loop, for sm_90, on a machine without a GPU.
 
+``--kernel wgmma`` reports the Gluon large-M kernel's registers, spills and MMAs (``kernels.wgmma_gemm``).
 ``--kernel gemm16`` instead reports how the register-operand gemm kernel compiles: which tiles reach the
 weight operand's register layout per K block (one int32 word tile, no decoded tiles), which are pipelined
 with cp.async, and whether every MMA takes the weight from registers (docs/kernels.md, "The register-operand gemm").
@@ -163,9 +164,52 @@ def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: 
             "per_value": sum(ops.values()) / values_per_thread, "opcodes": dict(ops.most_common())}
 
 
+def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps: int, stages: int, sym: bool = True,
+                  fp16: bool = False):
+    """The Gluon large-M kernel (``kernels.wgmma_gemm``) compiled for sm_90 (no split, bf16 or fp16 x)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from vllm_autoround.kernels import wgmma_gemm as wg
+
+    kernel = wg.wgmma_gemm_kernel
+    dt = "fp16" if fp16 else "bf16"
+    x_layout = wg._x_layout(block_m, fp16)
+    signature = {"x_desc": f"tensordesc<{dt}[{block_m}, {wg.CHUNK}],{x_layout!r}>", "w_ptr": "*i32",
+                 "s_ptr": "*fp16", "z_ptr": "*fp16" if sym else "*u8", "b_ptr": f"*{dt}", "out_ptr": f"*{dt}",
+                 "part_ptr": "*fp32"}
+    signature |= {name: "i32" for name in ("M", "N", "K", "stride_om", "blocks_per_split")}
+    constants = dict(BITS=bits, GS=max(group_size, 0), ZERO=2 ** (bits - 1) if sym else -1, HAS_BIAS=False,
+                     SPLIT=False, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+    signature |= {name: "constexpr" for name in constants}
+    aligned = ("w_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "part_ptr", "N", "K", "stride_om")
+    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+    signature = {name: signature[name] for name in kernel.arg_names}
+    source = GluonASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
+_HGMMA = re.compile(r"HGMMA\.\w+\.F32\.(?:BF16|F16) R\d+, (\w+)")
+
+
+def wgmma_report(bits: int, group_size: int, block_m: int = 128, block_n: int = 128, warps: int = 8, stages: int = 2,
+                 sym: bool = True, fp16: bool = False) -> dict:
+    """How the Gluon kernel compiles: registers and spills, the K loop's MMAs and where their weight operand
+    comes from (a register, not a shared-memory descriptor), and whether x arrives by TMA."""
+    sass, usage = disassemble(compile_wgmma(bits, group_size, block_m, block_n, warps, stages, sym, fp16).asm["cubin"])
+    ops = main_loop_opcodes(sass)
+    regs = re.search(r"REG:(\d+)", usage)
+    local = re.search(r"LOCAL:(\d+)", usage)
+    a_operands = _HGMMA.findall(sass)
+    return {"registers": int(regs.group(1)) if regs else None, "spilled_bytes": int(local.group(1)) if local else None,
+            "loop_mmas": ops.get("HGMMA", 0), "register_operand_mmas": sum(a.startswith("R") for a in a_operands),
+            "mmas": len(a_operands), "tma_loads": sass.count("UTMALDG"), "loop_instructions": sum(ops.values())}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default="gemv", choices=("gemv", "gemm16"))
+    p.add_argument("--kernel", default="gemv", choices=("gemv", "gemm16", "wgmma"))
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group_size", type=int, default=128)
     p.add_argument("--block_n", type=int, default=128)
@@ -177,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
+    if a.kernel == "wgmma":
+        print(json.dumps(wgmma_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,
+                                      stages=a.stages, sym=not a.asym)))
+        return 0
     if a.kernel == "gemm16":
         print(json.dumps(gemm16_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,
                                        stages=a.stages, sym=not a.asym)))

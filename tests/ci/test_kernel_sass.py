@@ -72,3 +72,17 @@ def test_gemm16_asym_keeps_the_weight_operand_in_registers():
     # per channel the row sums run once per K block: that path compiles and keeps the operand in registers too
     per_channel = _report("--kernel", "gemm16", "--bits", "2", "--group_size", "0", "--asym")
     assert per_channel["a_operand_tiles"] == {"i32": 1} and per_channel["spilled_bytes"] == 0, per_channel
+
+
+def test_wgmma_kernel_decodes_into_register_operands_without_spilling():
+    """The Gluon large-M kernel (kernels/wgmma_gemm.py) has no CPU interpreter, so this is its CPU check: it
+    compiles for sm_90 with this Triton, every MMA of the K loop (8 per W4 block, 16 per W2) takes the decoded
+    weight from registers rather than shared memory, x arrives by TMA, and 128 x 128 tiles with 8 warps fit
+    in registers without spilling. The GPU checks values (ci/gpu/probe_wgmma.py)."""
+    for bits, gs, extra in ((4, "128", ()), (2, "64", ("--asym",))):
+        report = _report("--kernel", "wgmma", "--bits", str(bits), "--group_size", gs, "--block_m", "128",
+                         "--warps", "8", *extra)
+        # at most 128 registers: two programs of 256 threads per SM, whose decode and MMAs interleave
+        assert report["spilled_bytes"] == 0 and report["registers"] <= 128, report
+        assert report["loop_mmas"] == 32 // bits == report["register_operand_mmas"] == report["mmas"], report
+        assert report["tma_loads"] > 0, report

@@ -181,3 +181,12 @@ def test_gemv_whole_tiles_both_axis_orders(interpreter, monkeypatch, scheme, row
                                  KernelConfig("dequant", block_n=32)], ids=lambda c: c.kind)
 def test_float16_with_bias(interpreter, cfg):
     _check((4, 64, False), cfg, m=2 if cfg.kind == "gemv" else 5, dtype=torch.float16, bias=True, seed=7)
+
+
+@pytest.mark.parametrize("scheme", [(4, 128, True), (3, 64, True)], ids=scheme_id)
+def test_wgmma_choice_falls_back_to_dequantize_where_gluon_cannot_run(interpreter, scheme):
+    """A tuned or default "wgmma" choice stays valid off Hopper (here: the interpreter; on a GPU also other
+    architectures and 3-/8-bit layers): the launcher runs dequantize + cuBLAS instead, with the same result."""
+    from vllm_autoround.kernels.tuning import wgmma_config
+
+    _check(scheme, wgmma_config(128, 128, 2), m=5, bias=True, seed=11)

@@ -25,7 +25,9 @@ def test_candidates_start_with_the_default_and_are_unique(mb, bits):
     assert cands[0] == default_config(mb, 4096, 4096, bits)
     assert len(cands) == len(set(cands))
     for c in cands:
-        assert c.kind in ("gemv", "gemm", "gemm16", "dequant")
+        assert c.kind in ("gemv", "gemm", "gemm16", "wgmma", "dequant")
+        if c.kind == "wgmma":
+            assert bits in (2, 4) and mb >= 128
         if c.kind == "gemm":
             # a wgmma with x on the A side needs 64 rows, measured faster than 16-row tiles at M = 17-32
             assert c.block_m <= max(64, mb)
@@ -45,6 +47,8 @@ def test_register_operand_kernel_only_where_it_decodes(mb, bits, sym):
         assert ("gemm16" in kinds) == (bits in (2, 3, 4) and 1 < mb <= reaches)
         if 1 < mb <= 128:
             default_is_gemm16 = bits in (2, 3, 4) and mb <= reaches and (sym or (bits == 4 and gs in (128, -1)))
+            # from M=128 the Gluon kernel takes W4 and sym W2 where it runs (Hopper)
+            default_is_gemm16 &= not (mb == 128 and (bits == 4 or (bits == 2 and sym)))
             assert (default_config(mb, 4096, 4096, bits, sym, gs).kind == "gemm16") == default_is_gemm16
 
 

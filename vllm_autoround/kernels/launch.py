@@ -18,7 +18,7 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16)
 class KernelConfig:
     """Which kernel and how it is tiled. ``waves``: split K until about waves x SMs programs run."""
 
-    kind: str  # "gemv" | "gemm" | "gemm16" | "dequant"
+    kind: str  # "gemv" | "gemm" | "gemm16" | "wgmma" | "dequant"
     block_n: int = 128
     warp_n: int = 32  # gemv: columns across one warp's lanes (32: one row per thread with 4 warps)
     block_m: int = 16
@@ -180,7 +180,23 @@ def dequant_matmul(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: t
     return torch.matmul(x, w, out=out)
 
 
-LAUNCHERS = {"gemv": gemv, "gemm": gemm, "gemm16": gemm16, "dequant": dequant_matmul}
+def wgmma(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Large-M Gluon kernel on Hopper (:mod:`.wgmma_gemm`); dequantize + cuBLAS where it cannot run (another
+    GPU, a Triton without Gluon, the interpreter, 3- or 8-bit), so a tuned choice stays valid everywhere."""
+    from vllm_autoround.kernels import wgmma_gemm as wg
+
+    if tk.INTERPRETED or not wg.supported(x, p.bits, _group_constexpr(p)):
+        return dequant_matmul(x, p, KernelConfig(kind="dequant"), out)
+    m, n = x.shape[0], p.out_features
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
+    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
+    split = max(1, min(8, round(cfg.waves * _num_sms(x.device) / tiles))) if cfg.waves > 0 else 1
+    return wg.wgmma_gemm(x, p.qweight, p.scales, p.zeros, p.bias, out, bits=p.bits, group_size=_group_constexpr(p),
+                         zero_point=p.zero_point, in_features=p.in_features, block_m=cfg.block_m,
+                         block_n=cfg.block_n, stages=cfg.num_stages, num_warps=cfg.num_warps, split_k=split)
+
+
+LAUNCHERS = {"gemv": gemv, "gemm": gemm, "gemm16": gemm16, "wgmma": wgmma, "dequant": dequant_matmul}
 
 
 def run(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:

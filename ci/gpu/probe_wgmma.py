@@ -1,0 +1,97 @@
+"""The Gluon large-M kernel (``kernels.wgmma_gemm``) against dequantize + cuBLAS and bf16 ``F.linear``.
+
+For each shape and M ≥ 128 it times, with CUDA-graph replay over weight copies larger than L2
+(kernel_common): bf16 ``F.linear``, dequantize + cuBLAS (the large-M default before this kernel), and each
+Gluon tiling, through the launcher serving uses (``kernels.launch.run``), and the default for the M bucket;
+every output is checked against a float32 reference (bf16, and fp16 for the default).
+Needs an sm_90 GPU and Triton's Gluon, no vLLM::
+
+    PYTHONPATH=. python3 ci/gpu/probe_wgmma.py --out $OUT/probe_wgmma.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kernel_common as kc  # noqa: E402
+
+from vllm_autoround.kernels.launch import run  # noqa: E402
+from vllm_autoround.kernels.tuning import DEQUANT, WGMMA_TILINGS, default_config, m_bucket, wgmma_config  # noqa: E402
+
+MS = (128, 256, 512, 1024, 4096)
+# (bits, group size, sym, K, N)
+CASES = ((4, 128, True, 4096, 14336), (4, 128, True, 14336, 4096), (4, 128, True, 4096, 6144),
+         (4, 128, True, 8192, 28672), (4, 128, False, 4096, 14336), (2, 64, True, 4096, 14336),
+         (4, 32, True, 4096, 14336), (4, -1, False, 4096, 14336), (2, 32, False, 4096, 6144))
+# the tuner's candidates plus neighbours (block_m, block_n, waves, warps, stages)
+TILINGS = WGMMA_TILINGS + (wgmma_config(128, 128, 0), wgmma_config(64, 128, 1, stages=4),
+                           wgmma_config(128, 128, 2, stages=3))
+
+
+def name(cfg) -> str:
+    return f"gluon {cfg.block_m}x{cfg.block_n} st{cfg.num_stages} w{cfg.num_warps} waves{cfg.waves:g}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget", type=float, default=400, help="seconds; later cases are skipped")
+    ap.add_argument("--cases", help="indices into CASES, comma-separated (default: all)")
+    ap.add_argument("--ms", help="comma-separated M values (default: 128,256,512,1024,4096)")
+    ap.add_argument("--tilings", help="indices into TILINGS, comma-separated (default: all)")
+    a = ap.parse_args()
+    cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES
+    ms = [int(m) for m in a.ms.split(",")] if a.ms else MS
+    tilings = [TILINGS[int(i)] for i in a.tilings.split(",")] if a.tilings else TILINGS
+    t0 = time.time()
+    rows = []
+    for bits, gs, sym, k, n in cases:
+        if time.time() - t0 > a.budget:
+            print(f"budget spent: W{bits} {k}x{n} skipped", flush=True)
+            continue
+        ck = kc.random_checkpoint(bits, gs, sym, k, n)
+        nbytes = kc.weight_bytes(bits, gs, k, n, sym)
+        preps = kc.prepared_copies(ck, nbytes)
+        dense = kc.dense_copies(n, k)
+        for m in ms:
+            label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = kc.reference_out(x, ck)
+            bf16 = kc.time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
+            rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
+            default = default_config(m_bucket(m), n, k, bits, sym, gs)
+            cfgs = [("default " + (name(default) if default.kind == "wgmma" else default.kind), default),
+                    ("dequant+cuBLAS", DEQUANT)] + [(name(c), c) for c in tilings]
+            runs = [(kernel, lambda x, p, c=c: run(x, p, c)) for kernel, c in cfgs]
+            for i, (kernel, fn) in enumerate(runs):
+                try:
+                    err = kc.rel_err(fn(x, preps[0]), ref)
+                    us = kc.time_graph([lambda p=p, fn=fn, x=x: fn(x, p) for p in preps])
+                except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
+                    rows.append(dict(shape=label, kernel=kernel, error=str(exc)[:300]))
+                    print(f"{label:34} {kernel:28} failed: {str(exc)[:200]}", flush=True)
+                    continue
+                row = dict(shape=label, kernel=kernel, us=us, rel_err=err, x_bf16=bf16 / us)
+                if i == 0:
+                    xh = x.half()
+                    row["rel_err_fp16"] = kc.rel_err(fn(xh, preps[0]), kc.reference_out(xh, ck))
+                rows.append(row)
+                print(f"{label:34} {kernel:28} {us:8.1f} us  x{bf16 / us:.2f} bf16 ({bf16:.1f})  err {err:.1e}"
+                      + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""), flush=True)
+        del preps, dense
+        torch.cuda.empty_cache()
+        Path(a.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

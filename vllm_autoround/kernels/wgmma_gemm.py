@@ -1,0 +1,230 @@
+"""Large-M dequant-GEMM for Hopper in Gluon: TMA-pipelined x, decoded weight as wgmma's register operand.
+
+Why a second language: at M ≥ 128 the Triton kernels lose to dequantize + cuBLAS because Triton will not
+apply a per-group scale inside the weight operand without sending the decoded tile through shared memory
+(docs/kernels.md), so gemm16 keeps a second accumulator and drains the MMA pipe at every group. In Gluon
+the layouts are explicit: the group's scales are loaded straight into the weight operand's row layout,
+each slice is decoded *and scaled* in registers, one accumulator takes every MMA, and the MMAs run
+asynchronously (one slice in flight while the next is decoded) under a TMA ring of x tiles.
+
+Numerics equal dequantize + cuBLAS: each weight is ``round((q − z) · s)`` in the activation dtype (the
+scale is split into a high and a low part in that dtype, ``(q − z)·s_lo`` is exact, and one FMA rounds
+once), accumulated in float32.
+
+Bits 2 and 4 (one int32 word row yields ``32/bits`` 16-row slices), sym or asym, any group size the
+layout allows. Needs Triton's Gluon (3.6 API) and an sm_90 GPU; ``supported()`` says whether a call can
+use it, and the caller falls back otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+try:  # Gluon is experimental: absent from some Triton builds, and its API moves between releases
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    # renamed after Triton 3.6 (the GPU machine's version); the newer name where it exists
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    HAVE_GLUON = True
+except ImportError:  # pragma: no cover - depends on the installed Triton
+    HAVE_GLUON = False
+
+BITS_SUPPORTED = (2, 4)
+ROWS = 16  # word rows per K block (layout.INTERLEAVE)
+CHUNK = 64  # x columns per TMA box: 128 bytes of bf16/fp16, the widest swizzled box
+
+
+def _decode_asm(sh: int, mask: int, magic: int, sub: str, mul: str, fma: str) -> str:
+    """PTX, two 16-bit lanes per register: ``w = (magic + ((h >> sh) & mask) − zc) · s_hi + (… · s_lo)``.
+
+    $1 = codes (two int16 lanes), $2 = s_hi, $3 = s_lo, $4 = magic + zero point (two lanes each).
+    """
+    shift = f"shr.b32 t, $1, {sh}; " if sh else "mov.b32 t, $1; "
+    return ("{ .reg .b32 t, q, l; " + shift + f"lop3.b32 q, t, {mask * 0x10001}, {magic}, 0xea; "
+            f"{sub} q, q, $4; {mul} l, q, $3; {fma} $0, q, $2, l; }}")
+
+
+if HAVE_GLUON:
+    R = gl.constexpr(ROWS)
+    X_CHUNK = gl.constexpr(CHUNK)
+    # indexed by 256 * is_fp16 + 16 * shift + mask
+    _DECODE: gl.constexpr = gl.constexpr(tuple(
+        _decode_asm(sh, mask, magic, sub, mul, fma)
+        for magic, sub, mul, fma in ((0x43004300, "sub.rn.bf16x2", "mul.rn.bf16x2", "fma.rn.bf16x2"),
+                                     (0x64006400, "sub.rn.f16x2", "mul.rn.f16x2", "fma.rn.f16x2"))
+        for sh in range(16) for mask in range(16)))
+
+    @gluon.jit
+    def _decode(h, s_hi, s_lo, zc, SH: gl.constexpr, BITS: gl.constexpr, IS_FP16: gl.constexpr):
+        return gl.inline_asm_elementwise(_DECODE[256 * IS_FP16 + 16 * SH + (1 << BITS) - 1], "=r,r,r,r,r",
+                                         [h, s_hi, s_lo, zc], dtype=s_hi.dtype, is_pure=True, pack=2)
+
+    @gluon.jit
+    def _group(s_ptr, z_ptr, g, offs_n, n_mask, N, ZERO: gl.constexpr, dt: gl.constexpr):
+        """Group g's scales split as ``s_hi + s_lo`` in dt, and ``magic + zero point`` in dt, per row."""
+        s = gl.load(s_ptr + g * N + offs_n, mask=n_mask, other=0).to(gl.float32)
+        s_hi = s.to(dt)
+        s_lo = (s - s_hi.to(gl.float32)).to(dt)
+        magic: gl.constexpr = 1024.0 if dt == gl.float16 else 128.0
+        if ZERO < 0:
+            zc = (gl.load(z_ptr + g * N + offs_n, mask=n_mask, other=0).to(gl.float32) + magic).to(dt)
+        else:
+            zc = gl.full(offs_n.shape, magic + ZERO, dt, offs_n.type.layout)
+        return s_hi, s_lo, zc
+
+    @gluon.jit
+    def _issue(x_desc, x_smem, ready, i, st, off_m, CH: gl.constexpr, BK: gl.constexpr):
+        """TMA loads of K block i's x columns (CH boxes of X_CHUNK) into stage st."""
+        mbarrier.expect(ready.index(st), CH * x_desc.block_type.nbytes)
+        for c in gl.static_range(CH):
+            _tma_load(x_desc, [off_m, i * BK + c * X_CHUNK], ready.index(st), x_smem.index(st * CH + c))
+
+    @gluon.jit
+    def _words(w_ptr, i, offs_r, offs_n, n_mask, N):
+        """Block i's ``[BLOCK_N, R]`` word tile, loaded straight into the weight operand's layout."""
+        return gl.load(w_ptr + gl.expand_dims(i * R + offs_r, 0) * N + gl.expand_dims(offs_n, 1),
+                       mask=gl.expand_dims(n_mask, 1), other=0)
+
+    @gluon.jit
+    def wgmma_gemm_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, M, N, K, stride_om, blocks_per_split,
+                          BITS: gl.constexpr, GS: gl.constexpr, ZERO: gl.constexpr, HAS_BIAS: gl.constexpr,
+                          SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+                          num_warps: gl.constexpr):
+        """``out[M, N] = x · dequant(W)ᵀ (+ bias)`` as ``outᵀ = W · xᵀ``: the weight tile is wgmma's A operand
+        (registers), x's tile its B operand (shared memory, via TMA). Grid: (M tiles, N tiles, K splits); with
+        SPLIT each split stores its float32 partial sum to ``part_ptr[split]`` and the launcher adds them."""
+        NS: gl.constexpr = 32 // BITS
+        BK: gl.constexpr = R * NS
+        CH: gl.constexpr = BK // X_CHUNK
+        SPC: gl.constexpr = X_CHUNK // R  # slices per x chunk
+        dt: gl.constexpr = x_desc.dtype
+        IS_FP16: gl.constexpr = dt == gl.float16
+        pid_m = gl.program_id(0)
+        pid_n = gl.program_id(1)
+        pid_k = gl.program_id(2)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        b_start = pid_k * blocks_per_split
+        nb = gl.minimum(blocks_per_split, gl.cdiv(K, BK) - b_start)
+
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                      instr_shape=[16, BLOCK_M, 16])
+        a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+        row_layout: gl.constexpr = gl.SliceLayout(1, a_layout)
+
+        x_smem = gl.allocate_shared_memory(dt, [STAGES * CH, BLOCK_M, X_CHUNK], x_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for p in gl.static_range(STAGES):
+            mbarrier.init(ready.index(p), count=1)
+        for p in gl.static_range(STAGES - 1):
+            if p < nb:
+                _issue(x_desc, x_smem, ready, b_start + p, p, off_m, CH, BK)
+
+        offs_n = off_n + gl.arange(0, BLOCK_N, layout=row_layout)
+        offs_r = gl.arange(0, R, layout=gl.SliceLayout(0, a_layout))
+        n_mask = offs_n < N
+        acc = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=mma)
+        if GS <= 0:
+            s_hi, s_lo, zc = _group(s_ptr, z_ptr, 0, offs_n, n_mask, N, ZERO, dt)
+        words_next = _words(w_ptr, b_start, offs_r, offs_n, n_mask, N)
+        for i in range(nb):
+            st = i % STAGES
+            b = b_start + i
+            # the word tile one block ahead: its DRAM latency hides behind this block's MMAs
+            words = words_next
+            words_next = _words(w_ptr, gl.minimum(b + 1, b_start + nb - 1), offs_r, offs_n, n_mask, N)
+            lo = words.to(gl.int16)
+            hi = (words >> 16).to(gl.int16)
+            mbarrier.wait(ready.index(st), (i // STAGES) & 1)
+            for j in gl.static_range(NS):
+                if GS > 0:
+                    if (j * R) % GS == 0:
+                        # clamped: K's padding to whole blocks meets zero activations, not a real group
+                        g = gl.minimum((b * BK + j * R) // GS, (K - 1) // GS)
+                        s_hi, s_lo, zc = _group(s_ptr, z_ptr, g, offs_n, n_mask, N, ZERO, dt)
+                if j < NS // 2:
+                    h = lo
+                else:
+                    h = hi
+                a = _decode(h, gl.expand_dims(s_hi, 1).broadcast_to(h.shape),
+                            gl.expand_dims(s_lo, 1).broadcast_to(h.shape),
+                            gl.expand_dims(zc, 1).broadcast_to(h.shape), (j % (NS // 2)) * BITS, BITS, IS_FP16)
+                xb = x_smem.index(st * CH + j // SPC).slice((j % SPC) * R, R, dim=1).permute((1, 0))
+                acc = warpgroup_mma(a, xb, acc, is_async=True)
+                # ptxas serializes register-operand wgmmas here anyway (C7513): several warp groups per SM overlap
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                if j == 0:
+                    # block i-1's MMAs are done: its stage takes block i + STAGES - 1
+                    if i + STAGES - 1 < nb:
+                        _issue(x_desc, x_smem, ready, b + STAGES - 1, (i + STAGES - 1) % STAGES, off_m, CH, BK)
+        for p in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(p))
+
+        out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[16, 2],
+                                                    warps_per_cta=[1, num_warps], order=[0, 1])
+        y = gl.convert_layout(acc, out_layout)
+        on = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
+        om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, out_layout))
+        mask = gl.expand_dims(om < M, 0) & gl.expand_dims(on < N, 1)
+        if SPLIT:
+            gl.store(part_ptr + pid_k * M * N + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1), y, mask=mask)
+        else:
+            if HAS_BIAS:
+                bias = gl.load(b_ptr + on, mask=on < N, other=0).to(gl.float32)
+                y = y + gl.expand_dims(bias, 1)
+            ptrs = out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1)
+            gl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
+    """Whether :func:`wgmma_gemm` can take this call: Gluon present, sm_90, bits 2/4, groups that start at a
+    16-row slice (0 = one group), x TMA-aligned."""
+    if not HAVE_GLUON or bits not in BITS_SUPPORTED or x.device.type != "cuda":
+        return False
+    bk = ROWS * 32 // bits
+    if group_size > 0 and bk % group_size and group_size % bk:
+        return False
+    if x.dtype not in (torch.bfloat16, torch.float16) or x.dim() != 2 or x.stride(1) != 1:
+        return False
+    if torch.cuda.get_device_capability(x.device)[0] != 9:
+        return False
+    return (x.stride(0) * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0
+
+
+@functools.cache
+def _x_layout(block_m: int, is_fp16: bool):
+    return gl.NVMMASharedLayout.get_default_for([block_m, CHUNK], gl.float16 if is_fp16 else gl.bfloat16)
+
+
+def wgmma_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               bias: torch.Tensor | None, out: torch.Tensor, *, bits: int, group_size: int, zero_point: int,
+               in_features: int, block_m: int = 128, block_n: int = 128, stages: int = 2, num_warps: int = 8,
+               split_k: int = 1) -> torch.Tensor:
+    """``out = x · dequant(W)ᵀ (+ bias)`` on the repacked weight (kernels.layout); see :func:`supported`.
+
+    split_k > 1 splits the K blocks over that many programs per tile (for few output tiles), summed after.
+    """
+    m, n = x.shape[0], qweight.shape[1]
+    num_blocks = qweight.shape[0] // ROWS
+    per = -(-num_blocks // max(1, min(split_k, num_blocks)))
+    split = -(-num_blocks // per)
+    x_desc = TensorDescriptor(x, [m, in_features], [x.stride(0), 1], [block_m, CHUNK],
+                              _x_layout(block_m, x.dtype == torch.float16))
+    part = torch.empty(split, m, n, device=x.device, dtype=torch.float32) if split > 1 else out
+    grid = (-(-m // block_m), -(-n // block_n), split)
+    wgmma_gemm_kernel[grid](x_desc, qweight, scales, zeros if zero_point < 0 else scales,
+                            bias if bias is not None else out, out, part, m, n, in_features, out.stride(0), per,
+                            BITS=bits, GS=group_size if group_size > 0 else 0, ZERO=zero_point,
+                            HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=block_n,
+                            STAGES=stages, num_warps=num_warps)
+    if split > 1:
+        y = part.sum(0)
+        if bias is not None:
+            y += bias.float()
+        out.copy_(y)
+    return out
