@@ -196,7 +196,8 @@ _HGMMA = re.compile(r"HGMMA\.\w+\.F32\.(?:BF16|F16) R\d+, (\w+)")
 def wgmma_report(bits: int, group_size: int, block_m: int = 128, block_n: int = 128, warps: int = 8, stages: int = 2,
                  sym: bool = True, fp16: bool = False) -> dict:
     """How the Gluon kernel compiles: registers and spills, the K loop's MMAs and where their weight operand
-    comes from (a register, not a shared-memory descriptor), and whether x arrives by TMA."""
+    comes from (a register, not a shared-memory descriptor), how often the code waits for MMAs (one wait per
+    MMA: ptxas serialized them), and whether x arrives by TMA."""
     sass, usage = disassemble(compile_wgmma(bits, group_size, block_m, block_n, warps, stages, sym, fp16).asm["cubin"])
     ops = main_loop_opcodes(sass)
     regs = re.search(r"REG:(\d+)", usage)
@@ -204,7 +205,8 @@ def wgmma_report(bits: int, group_size: int, block_m: int = 128, block_n: int = 
     a_operands = _HGMMA.findall(sass)
     return {"registers": int(regs.group(1)) if regs else None, "spilled_bytes": int(local.group(1)) if local else None,
             "loop_mmas": ops.get("HGMMA", 0), "register_operand_mmas": sum(a.startswith("R") for a in a_operands),
-            "mmas": len(a_operands), "tma_loads": sass.count("UTMALDG"), "loop_instructions": sum(ops.values())}
+            "mmas": len(a_operands), "mma_waits": sass.count("WARPGROUP.DEPBAR"), "tma_loads": sass.count("UTMALDG"),
+            "loop_instructions": sum(ops.values())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -301,6 +301,8 @@ def _cfg(c):
     if c["kind"] == "gemm":
         return (f"mma {c['block_m']}x{c['block_n']} w{c['waves']:g}{' wf' if c['w_first'] else ''}"
                 f"{' pf' if c['prefetch'] else ''}")
+    if c["kind"] == "wgmma":
+        return f"gluon {c['block_m']}x{c['block_n']} w{c['waves']:g} st{c['num_stages']}"
     return "dequant+cuBLAS"
 
 

@@ -27,7 +27,8 @@ def test_candidates_start_with_the_default_and_are_unique(mb, bits):
     for c in cands:
         assert c.kind in ("gemv", "gemm", "gemm16", "wgmma", "dequant")
         if c.kind == "wgmma":
-            assert bits in (2, 4) and mb >= 128
+            # Gluon decodes 2 and 4 bits; its x ring must fit shared memory (W2: 256 values per K block)
+            assert bits in (2, 4) and mb >= 128 and c.num_stages * c.block_m * (512 // bits) * 2 <= 227 * 1024
         if c.kind == "gemm":
             # a wgmma with x on the A side needs 64 rows, measured faster than 16-row tiles at M = 17-32
             assert c.block_m <= max(64, mb)

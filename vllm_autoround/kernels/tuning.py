@@ -67,11 +67,17 @@ def wgmma_config(block_m: int, block_n: int, waves: float, warps: int = 8, stage
     return KernelConfig("wgmma", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps, num_stages=stages)
 
 
+def wgmma_fits(cfg: KernelConfig, bits: int) -> bool:
+    """Whether the Gluon kernel's x ring (stages x rows x one K block of 16-bit values) fits an SM's 227 KiB of
+    shared memory: a 2-bit block is 256 values, so W2 cannot take 256-row tiles."""
+    return cfg.num_stages * cfg.block_m * (512 // bits) * 2 <= 227 * 1024
+
+
 DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
 # the Gluon kernel's tilings (Hopper; dequantize + cuBLAS elsewhere): 128 x 128 with 8 warps and 2 stages runs
 # two programs per SM; K split to about two waves for narrow N (docs/kernels.md, "A Gluon kernel for large M")
-WGMMA_TILINGS = (wgmma_config(128, 128, 2), wgmma_config(128, 128, 1), wgmma_config(128, 64, 1, warps=4, stages=3),
-                 wgmma_config(256, 128, 1))
+WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_config(128, 128, 2),
+                 wgmma_config(128, 64, 1, warps=4, stages=3), wgmma_config(128, 128, 1, stages=3))
 LARGE_TILE = gemm_config(128, 256, 0, warps=8, scale_after=False)
 
 
@@ -92,10 +98,10 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True, group_s
         # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
         return gemv_config(128, 4, prefetch=bits != 3)
     if bits == 4 and 128 <= mb <= 256 or bits == 2 and mb == 128 and sym:
-        # H200 sweep of 2026-12-04, fifth session (ci/gpu/probe_wgmma.py): the Gluon kernel beats dequantize +
-        # cuBLAS by 1.25-2.8x and gemm16 at M=128-256 (W4 sym and asym, four shapes), and at W2 M=128; it loses
-        # from M=1024 on, W2 from M=256
-        return wgmma_config(128, 128, 2 if bits == 4 else 1)
+        # H200 sweeps of 2026-12-04, fifth session (ci/gpu/probe_wgmma.py; docs/kernels.md): the Gluon kernel
+        # beats dequantize + cuBLAS by 1.3-2.8x and gemm16 at M=128-256 (W4 sym and asym, four shapes) and at W2
+        # M=128; it ties at M=1024 and loses beyond, W2 from M=256. 256-row tiles win at M=256 on three shapes.
+        return wgmma_config(256 if mb > 128 else 128, 128, 1)
     if not sym and mb <= 128 and _few_zero_corrections(bits, group_size):
         # H200 sweep of 2026-12-04 (ci/gpu/probe_gemm16.py, W4 g128 asym, three shapes): 1.21-1.46x gemm_kernel
         # at M=16, 1.27-1.40x at 32, 1.07-1.13x at 64, 1.08-1.27x at 128
@@ -179,7 +185,7 @@ def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True, group_size:
     if mb >= 128:
         out.append(LARGE_TILE)
         if bits in (2, 4):
-            out += WGMMA_TILINGS
+            out += [c for c in WGMMA_TILINGS if wgmma_fits(c, bits)]
     if mb >= 64:
         out.append(DEQUANT)
     seen: list[KernelConfig] = []

@@ -4,8 +4,11 @@ Why a second language: at M ≥ 128 the Triton kernels lose to dequantize + cuBL
 apply a per-group scale inside the weight operand without sending the decoded tile through shared memory
 (docs/kernels.md), so gemm16 keeps a second accumulator and drains the MMA pipe at every group. In Gluon
 the layouts are explicit: the group's scales are loaded straight into the weight operand's row layout,
-each slice is decoded *and scaled* in registers, one accumulator takes every MMA, and the MMAs run
-asynchronously (one slice in flight while the next is decoded) under a TMA ring of x tiles.
+each slice is decoded *and scaled* in registers, one accumulator takes every MMA, and x arrives through a
+TMA ring. A block's MMAs are issued without waiting in between; only after the next block's first MMA does
+the kernel wait for them (and then refill their x stage), so ptxas overlaps each slice's decode with the
+MMAs before it. Waiting after every MMA made ptxas serialize them (C7513, "non wgmma instructions
+defining input registers").
 
 Numerics equal dequantize + cuBLAS: each weight is ``round((q − z) · s)`` in the activation dtype (the
 scale is split into a high and a low part in that dtype, ``(q − z)·s_lo`` is exact, and one FMA rounds
@@ -156,12 +159,15 @@ if HAVE_GLUON:
                             gl.expand_dims(zc, 1).broadcast_to(h.shape), (j % (NS // 2)) * BITS, BITS, IS_FP16)
                 xb = x_smem.index(st * CH + j // SPC).slice((j % SPC) * R, R, dim=1).permute((1, 0))
                 acc = warpgroup_mma(a, xb, acc, is_async=True)
-                # ptxas serializes register-operand wgmmas here anyway (C7513): several warp groups per SM overlap
-                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
                 if j == 0:
-                    # block i-1's MMAs are done: its stage takes block i + STAGES - 1
+                    # the previous block's MMAs are done: its stage takes block i + STAGES - 1, a whole block
+                    # before it is needed
+                    acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
                     if i + STAGES - 1 < nb:
                         _issue(x_desc, x_smem, ready, b + STAGES - 1, (i + STAGES - 1) % STAGES, off_m, CH, BK)
+            # (a wait that holds nothing up: the loop carries the accumulator as a tensor, not an MMA token)
+            acc = warpgroup_mma_wait(num_outstanding=NS - 1, deps=(acc,))
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         for p in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(p))
 
