@@ -74,6 +74,8 @@ def wgmma_fits(cfg: KernelConfig, bits: int) -> bool:
 
 
 DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
+# weights (N x K) from which the Gluon kernel is the default at M=256: the smallest measured layer it beat
+WGMMA_MIN_WEIGHTS = 4096 * 14336
 # the Gluon kernel's tilings (Hopper; dequantize + cuBLAS elsewhere): 128 x 128 with 8 warps and 2 stages runs
 # two programs per SM; K split to about two waves for narrow N (docs/kernels.md, "A Gluon kernel for large M")
 WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_config(128, 128, 2),
@@ -97,11 +99,11 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True, group_s
         # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
         # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
         return gemv_config(128, 4, prefetch=bits != 3)
-    if bits == 4 and 128 <= mb <= 256 or bits == 2 and mb == 128 and sym:
-        # H200 sweeps of 2026-12-04, fifth session (ci/gpu/probe_wgmma.py; docs/kernels.md): the Gluon kernel
-        # beats dequantize + cuBLAS by 1.3-2.8x and gemm16 at M=128-256 (W4 sym and asym, four shapes) and at W2
-        # M=128; it ties at M=1024 and loses beyond, W2 from M=256. 256-row tiles win at M=256 on three shapes.
-        return wgmma_config(256 if mb > 128 else 128, 128, 1)
+    if bits == 4 and mb == 256 and n * k >= WGMMA_MIN_WEIGHTS:
+        # H200, 2026-12-04, fifth session (docs/kernels.md, "A Gluon kernel for large M"): 256 x 128 Gluon tiles
+        # took 57.2 / 70.9 / 231.1 us on 4096x14336 / 14336x4096 / 8192x28672 against 90.1 / 90.4 / 340.9 for
+        # dequantize + cuBLAS, but 63.3 against 39.0 on 4096x6144, whose 48 tiles leave most SMs idle
+        return wgmma_config(256, 128, 1)
     if not sym and mb <= 128 and _few_zero_corrections(bits, group_size):
         # H200 sweep of 2026-12-04 (ci/gpu/probe_gemm16.py, W4 g128 asym, three shapes): 1.21-1.46x gemm_kernel
         # at M=16, 1.27-1.40x at 32, 1.07-1.13x at 64, 1.08-1.27x at 128
