@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import math
@@ -51,6 +52,46 @@ def reference_out(x: torch.Tensor, ckpt: dict, bias: torch.Tensor | None = None)
                    ckpt["zero_point_offset"], torch.float32)
     y = x.float() @ w.t()
     return y if bias is None else y + bias.float()
+
+
+def probe_parser(budget: float) -> argparse.ArgumentParser:
+    """The options every probe script takes: where the JSON goes, a time budget, which CASES to run."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget", type=float, default=budget, help="seconds; later cases are skipped")
+    ap.add_argument("--cases", help="indices into CASES, comma-separated (default: all)")
+    return ap
+
+
+def case_weights(bits: int, group_size: int, sym: bool, k: int, n: int) -> tuple[dict, int, list, list]:
+    """One probe case's random checkpoint, its byte count, repacked copies and bf16 copies past L2."""
+    ck = random_checkpoint(bits, group_size, sym, k, n)
+    nbytes = weight_bytes(bits, group_size, k, n, sym)
+    return ck, nbytes, prepared_copies(ck, nbytes), dense_copies(n, k)
+
+
+def time_runs(rows: list, label: str, x: torch.Tensor, ck: dict, preps: list, runs: list, bf16: float,
+              check_fp16=lambda i, cfg: False, **extra) -> None:
+    """Check each ``(kernel name, config, fn(x, prepared))`` of ``runs`` against the float32 reference, time
+    it over ``preps`` and append a row (``extra`` fields added; fp16 error too where ``check_fp16(i, cfg)``);
+    a run that fails is reported and the sweep goes on. Shared by the probe scripts."""
+    ref = reference_out(x, ck)
+    for i, (kernel, cfg, fn) in enumerate(runs):
+        try:
+            err = rel_err(fn(x, preps[0]), ref)
+            us = time_graph([lambda p=p, fn=fn: fn(x, p) for p in preps])
+        except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
+            rows.append(dict(shape=label, kernel=kernel, error=str(exc)[:300]))
+            print(f"{label:34} {kernel:52} failed: {str(exc)[:200]}", flush=True)
+            continue
+        row = dict(shape=label, kernel=kernel, config=cfg.to_dict(), us=us, rel_err=err, x_bf16=bf16 / us,
+                   **{key: value / us for key, value in extra.items()})
+        if check_fp16(i, cfg):
+            xh = x.half()
+            row["rel_err_fp16"] = rel_err(fn(xh, preps[0]), reference_out(xh, ck))
+        rows.append(row)
+        print(f"{label:34} {kernel:52} {us:8.1f} us  x{bf16 / us:.2f} bf16 ({bf16:.1f})  err {err:.1e}"
+              + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""), flush=True)
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:

@@ -12,7 +12,6 @@ kernel of an older ``triton_kernels.py`` with each tiling. No vLLM needed::
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -113,11 +112,8 @@ def run_for_ncu() -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--budget", type=float, default=300, help="seconds; later cases are skipped")
+    ap = kc.probe_parser(budget=300)
     ap.add_argument("--baseline", help="an older triton_kernels.py whose gemm16 kernel is timed alongside")
-    ap.add_argument("--cases", help="indices into CASES, comma-separated (default: all)")
     ap.add_argument("--min_m", type=int, default=1, help="skip smaller M")
     ap.add_argument("--max_m", type=int, default=1 << 30, help="skip larger M")
     ap.add_argument("--ncu", action="store_true", help="only launch the M=16 default a few times, for a profiler")
@@ -133,14 +129,10 @@ def main() -> None:
         if time.time() - t0 > a.budget:
             print(f"budget spent: W{bits} {k}x{n} skipped", flush=True)
             continue
-        ck = kc.random_checkpoint(bits, gs, sym, k, n)
-        nbytes = kc.weight_bytes(bits, gs, k, n, sym)
-        preps = kc.prepared_copies(ck, nbytes)
-        dense = kc.dense_copies(n, k)
+        ck, nbytes, preps, dense = kc.case_weights(bits, gs, sym, k, n)
         for m in (m for m in ms if a.min_m <= m <= a.max_m):
             label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            ref = kc.reference_out(x, ck)
             bf16 = kc.time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
             rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
             mb = m_bucket(m)
@@ -154,22 +146,8 @@ def main() -> None:
             if tk_old is not None and (sym or tk_old.HAS_ASYM):
                 runs += [("baseline " + name(c), c, lambda x, p, c=c: baseline_gemm16(tk_old, x, p, c))
                          for c in tilings if c.kind == "gemm16"]
-            for kernel, cfg, fn in runs:
-                try:
-                    err = kc.rel_err(fn(x, preps[0]), ref)
-                    us = kc.time_graph([lambda p=p, fn=fn, x=x: fn(x, p) for p in preps])
-                except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
-                    rows.append(dict(shape=label, kernel=kernel, error=str(exc)[:300]))
-                    print(f"{label:34} {kernel:52} failed: {str(exc)[:120]}", flush=True)
-                    continue
-                row = dict(shape=label, kernel=kernel, config=cfg.to_dict(), us=us, rel_err=err,
-                           x_bf16=bf16 / us, tb_s=nbytes / us / 1e6)
-                if cfg.kind == "gemm16":
-                    xh = x.half()
-                    row["rel_err_fp16"] = kc.rel_err(fn(xh, preps[0]), kc.reference_out(xh, ck))
-                rows.append(row)
-                print(f"{label:34} {kernel:52} {us:8.1f} us  x{bf16 / us:.2f} bf16  err {err:.1e}"
-                      + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""), flush=True)
+            kc.time_runs(rows, label, x, ck, preps, runs, bf16, check_fp16=lambda i, cfg: cfg.kind == "gemm16",
+                         tb_s=nbytes / 1e6)
         del preps, dense
         torch.cuda.empty_cache()
         Path(a.out).write_text(json.dumps(rows, indent=1))

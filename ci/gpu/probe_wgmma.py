@@ -11,7 +11,6 @@ Needs an sm_90 GPU and Triton's Gluon, no vLLM::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -43,10 +42,7 @@ def name(cfg) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--budget", type=float, default=400, help="seconds; later cases are skipped")
-    ap.add_argument("--cases", help="indices into CASES, comma-separated (default: all)")
+    ap = kc.probe_parser(budget=400)
     ap.add_argument("--ms", help="comma-separated M values (default: 128,256,512,1024,4096)")
     ap.add_argument("--tilings", help="indices into TILINGS, comma-separated (default: all)")
     a = ap.parse_args()
@@ -59,35 +55,17 @@ def main() -> None:
         if time.time() - t0 > a.budget:
             print(f"budget spent: W{bits} {k}x{n} skipped", flush=True)
             continue
-        ck = kc.random_checkpoint(bits, gs, sym, k, n)
-        nbytes = kc.weight_bytes(bits, gs, k, n, sym)
-        preps = kc.prepared_copies(ck, nbytes)
-        dense = kc.dense_copies(n, k)
+        ck, nbytes, preps, dense = kc.case_weights(bits, gs, sym, k, n)
         for m in ms:
             label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            ref = kc.reference_out(x, ck)
             bf16 = kc.time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
             rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
             default = default_config(m_bucket(m), n, k, bits, sym, gs)
             cfgs = [("default " + (name(default) if default.kind == "wgmma" else default.kind), default),
                     ("dequant+cuBLAS", DEQUANT)] + [(name(c), c) for c in tilings]
-            runs = [(kernel, lambda x, p, c=c: run(x, p, c)) for kernel, c in cfgs]
-            for i, (kernel, fn) in enumerate(runs):
-                try:
-                    err = kc.rel_err(fn(x, preps[0]), ref)
-                    us = kc.time_graph([lambda p=p, fn=fn, x=x: fn(x, p) for p in preps])
-                except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
-                    rows.append(dict(shape=label, kernel=kernel, error=str(exc)[:300]))
-                    print(f"{label:34} {kernel:28} failed: {str(exc)[:200]}", flush=True)
-                    continue
-                row = dict(shape=label, kernel=kernel, us=us, rel_err=err, x_bf16=bf16 / us)
-                if i == 0:
-                    xh = x.half()
-                    row["rel_err_fp16"] = kc.rel_err(fn(xh, preps[0]), kc.reference_out(xh, ck))
-                rows.append(row)
-                print(f"{label:34} {kernel:28} {us:8.1f} us  x{bf16 / us:.2f} bf16 ({bf16:.1f})  err {err:.1e}"
-                      + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""), flush=True)
+            runs = [(kernel, c, lambda x, p, c=c: run(x, p, c)) for kernel, c in cfgs]
+            kc.time_runs(rows, label, x, ck, preps, runs, bf16, check_fp16=lambda i, cfg: i == 0)
         del preps, dense
         torch.cuda.empty_cache()
         Path(a.out).write_text(json.dumps(rows, indent=1))
