@@ -165,7 +165,7 @@ def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: 
 
 
 def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps: int, stages: int, sym: bool = True,
-                  fp16: bool = False):
+                  fp16: bool = False, max_registers: int = 0):
     """The Gluon large-M kernel (``kernels.wgmma_gemm``) compiled for sm_90 (no split, bf16 or fp16 x)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -187,18 +187,20 @@ def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps:
     attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
     signature = {name: signature[name] for name in kernel.arg_names}
     source = GluonASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    options = dict(num_warps=warps) | ({"maxnreg": max_registers} if max_registers else {})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 _HGMMA = re.compile(r"HGMMA\.\w+\.F32\.(?:BF16|F16) R\d+, (\w+)")
 
 
 def wgmma_report(bits: int, group_size: int, block_m: int = 128, block_n: int = 128, warps: int = 8, stages: int = 2,
-                 sym: bool = True, fp16: bool = False) -> dict:
+                 sym: bool = True, fp16: bool = False, max_registers: int = 0) -> dict:
     """How the Gluon kernel compiles: registers and spills, the K loop's MMAs and where their weight operand
     comes from (a register, not a shared-memory descriptor), how often the code waits for MMAs (one wait per
     MMA: ptxas serialized them), and whether x arrives by TMA."""
-    sass, usage = disassemble(compile_wgmma(bits, group_size, block_m, block_n, warps, stages, sym, fp16).asm["cubin"])
+    compiled = compile_wgmma(bits, group_size, block_m, block_n, warps, stages, sym, fp16, max_registers)
+    sass, usage = disassemble(compiled.asm["cubin"])
     ops = main_loop_opcodes(sass)
     regs = re.search(r"REG:(\d+)", usage)
     local = re.search(r"LOCAL:(\d+)", usage)
@@ -206,6 +208,7 @@ def wgmma_report(bits: int, group_size: int, block_m: int = 128, block_n: int = 
     return {"registers": int(regs.group(1)) if regs else None, "spilled_bytes": int(local.group(1)) if local else None,
             "loop_mmas": ops.get("HGMMA", 0), "register_operand_mmas": sum(a.startswith("R") for a in a_operands),
             "mmas": len(a_operands), "mma_waits": sass.count("WARPGROUP.DEPBAR"), "tma_loads": sass.count("UTMALDG"),
+            "loop_local_memory_ops": ops.get("STL", 0) + ops.get("LDL", 0),
             "loop_instructions": sum(ops.values())}
 
 
@@ -220,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--warp_n", type=int, default=32, choices=(32, 64, 128))
     p.add_argument("--asym", action="store_true", help="zero points per group (default: one shared zero point)")
+    p.add_argument("--max_registers", type=int, default=0, help="wgmma: ptxas's register cap (0: none)")
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     if a.kernel == "wgmma":
         print(json.dumps(wgmma_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,
-                                      stages=a.stages, sym=not a.asym)))
+                                      stages=a.stages, sym=not a.asym, max_registers=a.max_registers)))
         return 0
     if a.kernel == "gemm16":
         print(json.dumps(gemm16_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,

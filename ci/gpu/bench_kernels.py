@@ -302,7 +302,8 @@ def _cfg(c):
         return (f"mma {c['block_m']}x{c['block_n']} w{c['waves']:g}{' wf' if c['w_first'] else ''}"
                 f"{' pf' if c['prefetch'] else ''}")
     if c["kind"] == "wgmma":
-        return f"gluon {c['block_m']}x{c['block_n']} w{c['waves']:g} st{c['num_stages']}"
+        cap = f" r{c['max_registers']}" if c.get("max_registers") else ""
+        return f"gluon {c['block_m']}x{c['block_n']} w{c['waves']:g} st{c['num_stages']}{cap}"
     return "dequant+cuBLAS"
 
 

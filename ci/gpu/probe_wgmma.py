@@ -38,7 +38,8 @@ TILINGS = WGMMA_TILINGS + (wgmma_config(128, 128, 0), wgmma_config(64, 128, 1, s
 
 
 def name(cfg) -> str:
-    return f"gluon {cfg.block_m}x{cfg.block_n} st{cfg.num_stages} w{cfg.num_warps} waves{cfg.waves:g}"
+    cap = f" r{cfg.max_registers}" if cfg.max_registers else ""
+    return f"gluon {cfg.block_m}x{cfg.block_n} st{cfg.num_stages} w{cfg.num_warps} waves{cfg.waves:g}{cap}"
 
 
 def main() -> None:

@@ -88,3 +88,12 @@ def test_wgmma_kernel_decodes_into_register_operands_without_spilling():
         assert report["loop_mmas"] == 32 // bits == report["register_operand_mmas"] == report["mmas"], report
         assert report["mma_waits"] == 3, report
         assert report["tma_loads"] > 0, report
+
+
+def test_wgmma_register_cap_keeps_the_mmas_asynchronous():
+    """The tuner's 128-register candidate (two 8-warp programs per SM): ptxas must still keep the MMAs
+    asynchronous under the cap, and spill little inside the K loop (4 local loads per block with Triton 3.9)."""
+    report = _report("--kernel", "wgmma", "--bits", "4", "--group_size", "128", "--block_m", "128", "--warps", "8",
+                     "--max_registers", "128")
+    assert report["registers"] <= 128 and report["mma_waits"] == 3, report
+    assert report["loop_local_memory_ops"] <= 6, report

@@ -28,6 +28,7 @@ class KernelConfig:
     scale_after: bool = True
     w_first: bool = False
     prefetch: bool = False
+    max_registers: int = 0  # wgmma: ptxas's register cap per thread (0: its own choice)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,7 +194,8 @@ def wgmma(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tens
     split = max(1, min(8, round(cfg.waves * _num_sms(x.device) / tiles))) if cfg.waves > 0 else 1
     return wg.wgmma_gemm(x, p.qweight, p.scales, p.zeros, p.bias, out, bits=p.bits, group_size=_group_constexpr(p),
                          zero_point=p.zero_point, in_features=p.in_features, block_m=cfg.block_m,
-                         block_n=cfg.block_n, stages=cfg.num_stages, num_warps=cfg.num_warps, split_k=split)
+                         block_n=cfg.block_n, stages=cfg.num_stages, num_warps=cfg.num_warps, split_k=split,
+                         max_registers=cfg.max_registers)
 
 
 LAUNCHERS = {"gemv": gemv, "gemm": gemm, "gemm16": gemm16, "wgmma": wgmma, "dequant": dequant_matmul}

@@ -63,8 +63,10 @@ def gemm16_config(block_m: int, block_n: int, waves: float, warps: int = 4, stag
     return KernelConfig("gemm16", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps, num_stages=stages)
 
 
-def wgmma_config(block_m: int, block_n: int, waves: float, warps: int = 8, stages: int = 2) -> KernelConfig:
-    return KernelConfig("wgmma", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps, num_stages=stages)
+def wgmma_config(block_m: int, block_n: int, waves: float, warps: int = 8, stages: int = 2,
+                 max_registers: int = 0) -> KernelConfig:
+    return KernelConfig("wgmma", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps, num_stages=stages,
+                        max_registers=max_registers)
 
 
 def wgmma_fits(cfg: KernelConfig, bits: int) -> bool:
@@ -78,8 +80,12 @@ DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
 WGMMA_MIN_WEIGHTS = 4096 * 14336
 # the Gluon kernel's tilings (Hopper; dequantize + cuBLAS elsewhere): 128 x 128 with 8 warps and 2 stages runs
 # two programs per SM; K split to about two waves for narrow N (docs/kernels.md, "A Gluon kernel for large M")
+# (the register cap is not timed yet: at 142 registers one 8-warp program fits an SM, at 128 two, which is
+# what the serialized version had when it led at M=128; ptxas keeps the MMAs asynchronous and spills 12 bytes
+# outside the MMAs)
 WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_config(128, 128, 2),
-                 wgmma_config(128, 64, 1, warps=4, stages=3), wgmma_config(128, 128, 1, stages=3))
+                 wgmma_config(128, 64, 1, warps=4, stages=3), wgmma_config(128, 128, 1, stages=3),
+                 wgmma_config(128, 128, 1, max_registers=128))
 LARGE_TILE = gemm_config(128, 256, 0, warps=8, scale_after=False)
 
 

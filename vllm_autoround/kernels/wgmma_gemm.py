@@ -210,10 +210,11 @@ def _x_layout(block_m: int, is_fp16: bool):
 def wgmma_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                bias: torch.Tensor | None, out: torch.Tensor, *, bits: int, group_size: int, zero_point: int,
                in_features: int, block_m: int = 128, block_n: int = 128, stages: int = 2, num_warps: int = 8,
-               split_k: int = 1) -> torch.Tensor:
+               split_k: int = 1, max_registers: int = 0) -> torch.Tensor:
     """``out = x · dequant(W)ᵀ (+ bias)`` on the repacked weight (kernels.layout); see :func:`supported`.
 
     split_k > 1 splits the K blocks over that many programs per tile (for few output tiles), summed after.
+    max_registers caps ptxas's registers per thread (128 lets two 8-warp programs share an SM).
     """
     m, n = x.shape[0], qweight.shape[1]
     num_blocks = qweight.shape[0] // ROWS
@@ -227,7 +228,7 @@ def wgmma_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
                             bias if bias is not None else out, out, part, m, n, in_features, out.stride(0), per,
                             BITS=bits, GS=group_size if group_size > 0 else 0, ZERO=zero_point,
                             HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=block_n,
-                            STAGES=stages, num_warps=num_warps)
+                            STAGES=stages, num_warps=num_warps, **({"maxnreg": max_registers} if max_registers else {}))
     if split > 1:
         y = part.sum(0)
         if bias is not None:
