@@ -190,3 +190,29 @@ def test_wgmma_choice_falls_back_to_dequantize_where_gluon_cannot_run(interprete
     from vllm_autoround.kernels.tuning import wgmma_config
 
     _check(scheme, wgmma_config(128, 128, 2), m=5, bias=True, seed=11)
+
+
+def test_wgmma_failure_is_reported_once_and_falls_back(interpreter, monkeypatch, caplog):
+    """Gluon's API moves between Triton releases: a Gluon tiling that raises on this Triton/GPU must not fail
+    the layer. The launcher logs one warning naming the tiling and the error, and from then on runs
+    dequantize + cuBLAS for that tiling (the result still matches the float64 reference)."""
+    from vllm_autoround.kernels import launch, wgmma_gemm
+    from vllm_autoround.kernels.tuning import wgmma_config
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise AttributeError("module 'tma' has no attribute 'async_load'")
+
+    monkeypatch.setattr(launch.tk, "INTERPRETED", False)  # reach the Gluon branch; Triton still interprets
+    monkeypatch.setattr(wgmma_gemm, "supported", lambda *args: True)
+    monkeypatch.setattr(wgmma_gemm, "wgmma_gemm", broken)
+    monkeypatch.setattr(launch, "_FAILED_WGMMA", set())
+    cfg = wgmma_config(128, 128, 1, max_registers=96)
+    with caplog.at_level("WARNING", logger="vllm_autoround.kernels.launch"):
+        _check((4, 64, True), cfg, m=7, bias=True, seed=13)
+        _check((4, 64, True), cfg, m=9, seed=14)
+    assert len(calls) == 1
+    warnings = [r.getMessage() for r in caplog.records if "Gluon kernel" in r.getMessage()]
+    assert len(warnings) == 1 and "async_load" in warnings[0] and "max_registers=96" in warnings[0], warnings

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -12,6 +13,7 @@ from vllm_autoround.kernels import triton_kernels as tk
 from vllm_autoround.kernels.layout import PreparedWeight, block_k
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -181,21 +183,35 @@ def dequant_matmul(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: t
     return torch.matmul(x, w, out=out)
 
 
+_FAILED_WGMMA: set[KernelConfig] = set()
+
+
 def wgmma(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """Large-M Gluon kernel on Hopper (:mod:`.wgmma_gemm`); dequantize + cuBLAS where it cannot run (another
-    GPU, a Triton without Gluon, the interpreter, 3- or 8-bit), so a tuned choice stays valid everywhere."""
+    GPU, a Triton without Gluon, the interpreter, 3- or 8-bit), so a tuned choice stays valid everywhere.
+
+    Gluon's API changes between Triton releases: a tiling that fails to compile or launch here is reported
+    once, with the error, and runs dequantize + cuBLAS from then on instead of failing the model.
+    """
     from vllm_autoround.kernels import wgmma_gemm as wg
 
-    if tk.INTERPRETED or not wg.supported(x, p.bits, _group_constexpr(p)):
+    if tk.INTERPRETED or cfg in _FAILED_WGMMA or not wg.supported(x, p.bits, _group_constexpr(p)):
         return dequant_matmul(x, p, KernelConfig(kind="dequant"), out)
     m, n = x.shape[0], p.out_features
     out = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
     tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
     split = max(1, min(8, round(cfg.waves * _num_sms(x.device) / tiles))) if cfg.waves > 0 else 1
-    return wg.wgmma_gemm(x, p.qweight, p.scales, p.zeros, p.bias, out, bits=p.bits, group_size=_group_constexpr(p),
-                         zero_point=p.zero_point, in_features=p.in_features, block_m=cfg.block_m,
-                         block_n=cfg.block_n, stages=cfg.num_stages, num_warps=cfg.num_warps, split_k=split,
-                         max_registers=cfg.max_registers)
+    try:
+        return wg.wgmma_gemm(x, p.qweight, p.scales, p.zeros, p.bias, out, bits=p.bits,
+                             group_size=_group_constexpr(p), zero_point=p.zero_point, in_features=p.in_features,
+                             block_m=cfg.block_m, block_n=cfg.block_n, stages=cfg.num_stages,
+                             num_warps=cfg.num_warps, split_k=split, max_registers=cfg.max_registers)
+    except Exception as exc:  # noqa: BLE001 - reported once; the layer keeps working on the fallback
+        _FAILED_WGMMA.add(cfg)
+        _log.warning("vllm_autoround: the Gluon kernel %s failed on W%d %dx%d (%s: %s); that tiling runs "
+                     "dequantize + cuBLAS from now on", cfg, p.bits, p.in_features, n, type(exc).__name__,
+                     str(exc)[:300])
+        return dequant_matmul(x, p, KernelConfig(kind="dequant"), out)
 
 
 LAUNCHERS = {"gemv": gemv, "gemm": gemm, "gemm16": gemm16, "wgmma": wgmma, "dequant": dequant_matmul}
