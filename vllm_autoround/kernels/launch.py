@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 
 from vllm_autoround.kernels import triton_kernels as tk
+from vllm_autoround.kernels import wgmma_gemm as wg
 from vllm_autoround.kernels.layout import PreparedWeight, block_k
 
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
@@ -193,8 +194,6 @@ def wgmma(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tens
     Gluon's API changes between Triton releases: a tiling that fails to compile or launch here is reported
     once, with the error, and runs dequantize + cuBLAS from then on instead of failing the model.
     """
-    from vllm_autoround.kernels import wgmma_gemm as wg
-
     if tk.INTERPRETED or cfg in _FAILED_WGMMA or not wg.supported(x, p.bits, _group_constexpr(p)):
         return dequant_matmul(x, p, KernelConfig(kind="dequant"), out)
     m, n = x.shape[0], p.out_features

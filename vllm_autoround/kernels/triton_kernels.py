@@ -537,16 +537,27 @@ def _bits16(h, SH: tl.constexpr, MASK: tl.constexpr, ASM: tl.constexpr):
     return _shr16(h, SH, ASM) & tl.full(h.shape, MASK, tl.int16)
 
 
+# 128.0 (bf16) and 1024.0 (fp16) in both 16-bit lanes: a code OR-ed into the mantissa adds itself exactly
+MAGIC_BF16X2 = 0x43004300
+MAGIC_F16X2 = 0x64006400
+
+
+def magic_field_ptx(sh: int, mask: int, magic: int, dst: str, src: str) -> str:
+    """PTX for ``dst = ((src >> sh) & mask·0x10001) | magic`` on two 16-bit lanes of one 32-bit register: one
+    shift and one LOP3 (LUT 0xea is ``(a & b) | c``). A shift goes through a scratch ``t`` the caller declares
+    (``.reg .b32 t``). Shared by gemm16's decode and the Gluon kernel's (``wgmma_gemm``)."""
+    lop = f"lop3.b32 {dst}, %s, {mask * 0x10001}, {magic}, 0xea;"
+    return f"shr.b32 t, {src}, {sh}; {lop % 't'}" if sh else lop % src
+
+
 def _magic16_asm(sh: int, mask: int, magic: int) -> str:
-    """PTX for ``((x >> sh) & mask·0x10001) | magic`` on one 32-bit register (two 16-bit lanes); LUT 0xea is
-    ``(a & b) | c``."""
-    lop = f"lop3.b32 $0, %s, {mask * 0x10001}, {magic}, 0xea;"
-    return f"{{ .reg .b32 t; shr.b32 t, $1, {sh}; {lop % 't'} }}" if sh else lop % "$1"
+    """PTX for ``$0 = ((($1 >> sh) & mask) | magic`` on two 16-bit lanes (:func:`magic_field_ptx`)."""
+    return f"{{ .reg .b32 t; {magic_field_ptx(sh, mask, magic, '$0', '$1')} }}"
 
 
 # (h >> SH) & MASK OR-ed under the exponent of the magic 128.0 (bf16) / 1024.0 (fp16), two int16 lanes per
 # 32-bit shift and LOP3; indexed by 256 * is_fp16 + 16 * SH + MASK.
-_MAGIC16: tl.constexpr = tl.constexpr(tuple(_magic16_asm(sh, mask, magic) for magic in (0x43004300, 0x64006400)
+_MAGIC16: tl.constexpr = tl.constexpr(tuple(_magic16_asm(sh, mask, magic) for magic in (MAGIC_BF16X2, MAGIC_F16X2)
                                             for sh in range(16) for mask in range(16)))
 
 

@@ -24,7 +24,7 @@ import torch
 
 from vllm_autoround.format.files import write_text_atomic
 from vllm_autoround.kernels.launch import KernelConfig, run
-from vllm_autoround.kernels.layout import PreparedWeight
+from vllm_autoround.kernels.layout import PreparedWeight, block_k
 from vllm_autoround.kernels.timing import graph_time_us, rotated_copies
 
 _log = logging.getLogger(__name__)
@@ -72,17 +72,16 @@ def wgmma_config(block_m: int, block_n: int, waves: float, warps: int = 8, stage
 def wgmma_fits(cfg: KernelConfig, bits: int) -> bool:
     """Whether the Gluon kernel's x ring (stages x rows x one K block of 16-bit values) fits an SM's 227 KiB of
     shared memory: a 2-bit block is 256 values, so W2 cannot take 256-row tiles."""
-    return cfg.num_stages * cfg.block_m * (512 // bits) * 2 <= 227 * 1024
+    return cfg.num_stages * cfg.block_m * block_k(bits) * 2 <= 227 * 1024
 
 
 DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
 # weights (N x K) from which the Gluon kernel is the default at M=256: the smallest measured layer it beat
 WGMMA_MIN_WEIGHTS = 4096 * 14336
-# the Gluon kernel's tilings (Hopper; dequantize + cuBLAS elsewhere): 128 x 128 with 8 warps and 2 stages runs
-# two programs per SM; K split to about two waves for narrow N (docs/kernels.md, "A Gluon kernel for large M")
-# (the register cap is not timed yet: at 142 registers one 8-warp program fits an SM, at 128 two, which is
-# what the serialized version had when it led at M=128; ptxas keeps the MMAs asynchronous and spills 12 bytes
-# outside the MMAs)
+# the Gluon kernel's tilings (Hopper; dequantize + cuBLAS elsewhere; docs/kernels.md, "A Gluon kernel for large
+# M"): 128 x 128 needs 142 registers, so one 8-warp program per SM; waves 2 splits K for narrow N. The register
+# cap is not timed yet: at 128 registers two programs fit, as the serialized version had when it led at M=128;
+# ptxas keeps the MMAs asynchronous and spills little, outside the MMAs.
 WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_config(128, 128, 2),
                  wgmma_config(128, 64, 1, warps=4, stages=3), wgmma_config(128, 128, 1, stages=3),
                  wgmma_config(128, 128, 1, max_registers=128))

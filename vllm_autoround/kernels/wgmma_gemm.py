@@ -25,6 +25,9 @@ import functools
 
 import torch
 
+from vllm_autoround.kernels.layout import block_k
+from vllm_autoround.kernels.triton_kernels import MAGIC_BF16X2, MAGIC_F16X2, magic_field_ptx
+
 try:  # Gluon is experimental: absent from some Triton builds, and its API moves between releases
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -34,7 +37,7 @@ try:  # Gluon is experimental: absent from some Triton builds, and its API moves
     # renamed after Triton 3.6 (the GPU machine's version); the newer name where it exists
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
     HAVE_GLUON = True
-except ImportError:  # pragma: no cover - depends on the installed Triton
+except (ImportError, AttributeError):  # pragma: no cover - depends on the installed Triton
     HAVE_GLUON = False
 
 BITS_SUPPORTED = (2, 4)
@@ -45,10 +48,10 @@ CHUNK = 64  # x columns per TMA box: 128 bytes of bf16/fp16, the widest swizzled
 def _decode_asm(sh: int, mask: int, magic: int, sub: str, mul: str, fma: str) -> str:
     """PTX, two 16-bit lanes per register: ``w = (magic + ((h >> sh) & mask) − zc) · s_hi + (… · s_lo)``.
 
-    $1 = codes (two int16 lanes), $2 = s_hi, $3 = s_lo, $4 = magic + zero point (two lanes each).
+    $1 = codes (two int16 lanes), $2 = s_hi, $3 = s_lo, $4 = magic + zero point (two lanes each). The field
+    extraction is gemm16's (:func:`~vllm_autoround.kernels.triton_kernels.magic_field_ptx`).
     """
-    shift = f"shr.b32 t, $1, {sh}; " if sh else "mov.b32 t, $1; "
-    return ("{ .reg .b32 t, q, l; " + shift + f"lop3.b32 q, t, {mask * 0x10001}, {magic}, 0xea; "
+    return (f"{{ .reg .b32 t, q, l; {magic_field_ptx(sh, mask, magic, 'q', '$1')} "
             f"{sub} q, q, $4; {mul} l, q, $3; {fma} $0, q, $2, l; }}")
 
 
@@ -58,8 +61,8 @@ if HAVE_GLUON:
     # indexed by 256 * is_fp16 + 16 * shift + mask
     _DECODE: gl.constexpr = gl.constexpr(tuple(
         _decode_asm(sh, mask, magic, sub, mul, fma)
-        for magic, sub, mul, fma in ((0x43004300, "sub.rn.bf16x2", "mul.rn.bf16x2", "fma.rn.bf16x2"),
-                                     (0x64006400, "sub.rn.f16x2", "mul.rn.f16x2", "fma.rn.f16x2"))
+        for magic, sub, mul, fma in ((MAGIC_BF16X2, "sub.rn.bf16x2", "mul.rn.bf16x2", "fma.rn.bf16x2"),
+                                     (MAGIC_F16X2, "sub.rn.f16x2", "mul.rn.f16x2", "fma.rn.f16x2"))
         for sh in range(16) for mask in range(16)))
 
     @gluon.jit
@@ -192,14 +195,19 @@ def supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
     16-row slice (0 = one group), x TMA-aligned."""
     if not HAVE_GLUON or bits not in BITS_SUPPORTED or x.device.type != "cuda":
         return False
-    bk = ROWS * 32 // bits
+    bk = block_k(bits)
     if group_size > 0 and bk % group_size and group_size % bk:
         return False
     if x.dtype not in (torch.bfloat16, torch.float16) or x.dim() != 2 or x.stride(1) != 1:
         return False
-    if torch.cuda.get_device_capability(x.device)[0] != 9:
+    if not _is_hopper(x.device.index or 0):
         return False
     return (x.stride(0) * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0
+
+
+@functools.cache
+def _is_hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
 @functools.cache
