@@ -138,13 +138,17 @@ def disassemble(cubin: bytes) -> tuple[str, str]:
 
 
 def main_loop_opcodes(sass: str) -> collections.Counter:
-    """Opcode counts of the longest backward branch's body: the loop over K blocks."""
+    """Opcode counts of the longest backward branch's body: the loop over K blocks. A branch back across an
+    EXIT is not a loop body (ptxas puts an mbarrier wait's retry after the kernel's end)."""
     lines = sass.splitlines()
     labels = {line.strip()[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\s*\.L_x_\d+:", line)}
+    exits = [i for i, line in enumerate(lines) if OPCODE.match(line) and OPCODE.match(line).group(1) == "EXIT"]
     start, end = 0, -1
     for i, line in enumerate(lines):
         m = BRANCH.search(line)
-        if m and labels.get(m.group(1), i) < i and i - labels[m.group(1)] > end - start:
+        if not m or labels.get(m.group(1), i) >= i or any(labels[m.group(1)] < e < i for e in exits):
+            continue
+        if i - labels[m.group(1)] > end - start:
             start, end = labels[m.group(1)], i
     ops = collections.Counter()
     for line in lines[start:end + 1]:
@@ -178,10 +182,10 @@ def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps:
     x_layout = wg._x_layout(block_m, fp16)
     signature = {"x_desc": f"tensordesc<{dt}[{block_m}, {wg.CHUNK}],{x_layout!r}>", "w_ptr": "*i32",
                  "s_ptr": "*fp16", "z_ptr": "*fp16" if sym else "*u8", "b_ptr": f"*{dt}", "out_ptr": f"*{dt}",
-                 "part_ptr": "*fp32"}
-    signature |= {name: "i32" for name in ("M", "N", "K", "stride_om", "blocks_per_split")}
+                 "part_ptr": "*fp32", "cnt_ptr": "*i32"}
+    signature |= {name: "i32" for name in ("M", "N", "K", "stride_om", "blocks_per_split", "split_k")}
     constants = dict(BITS=bits, GS=max(group_size, 0), ZERO=2 ** (bits - 1) if sym else -1, HAS_BIAS=False,
-                     SPLIT=False, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+                     SPLIT=False, REDUCE=False, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
     signature |= {name: "constexpr" for name in constants}
     aligned = ("w_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "part_ptr", "N", "K", "stride_om")
     attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
@@ -189,6 +193,49 @@ def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps:
     source = GluonASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
     options = dict(num_warps=warps) | ({"maxnreg": max_registers} if max_registers else {})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def compile_tma_gemv(bits: int, group_size: int, block_n: int, warps: int, stages: int, sym: bool = True):
+    """The Gluon TMA gemv (``kernels.tma_gemv``) compiled for sm_90 (split-K on, bf16 x)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from vllm_autoround.kernels import tma_gemv as tg
+    from vllm_autoround.kernels.layout import block_k, slices_per_block
+
+    kernel = tg.tma_gemv_kernel
+    rows = block_k(bits) // group_size if 0 < group_size < block_k(bits) else 1
+    words = f"tensordesc<i32[16, {block_n}],{tg._plain_layout(32)!r}>"
+    x = f"tensordesc<bf16[{slices_per_block(bits)}, 16],{tg._plain_layout(16)!r}>"
+    scales = f"tensordesc<fp16[{rows}, {block_n}],{tg._plain_layout(16)!r}>"
+    zeros = scales if sym else f"tensordesc<u8[{rows}, {block_n}],{tg._plain_layout(8)!r}>"
+    signature = {"w_desc": words, "x_desc": x, "s_desc": scales, "z_desc": zeros, "s_ptr": "*fp16",
+                 "z_ptr": "*fp16" if sym else "*u8", "b_ptr": "*bf16", "out_ptr": "*bf16", "part_ptr": "*fp32",
+                 "cnt_ptr": "*i32"}
+    signature |= {name: "i32" for name in ("M", "N", "stride_xm", "stride_om", "num_blocks", "blocks_per_split",
+                                           "split_k", "opaque_zero")}
+    constants = dict(BITS=bits, GS=max(group_size, 0), ZERO=2 ** (bits - 1) if sym else -1, HAS_BIAS=False,
+                     SPLIT=True, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+    signature |= {name: "constexpr" for name in constants}
+    aligned = ("s_ptr", "z_ptr", "b_ptr", "out_ptr", "part_ptr", "cnt_ptr", "N", "stride_xm", "stride_om")
+    attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+    signature = {name: signature[name] for name in kernel.arg_names}
+    source = GluonASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
+def tma_gemv_report(bits: int, group_size: int, block_n: int = 128, warps: int = 4, stages: int = 4,
+                    sym: bool = True) -> dict:
+    """How the TMA gemv compiles: registers, spills, TMA loads, and the K loop's instructions per weight value."""
+    sass, usage = disassemble(compile_tma_gemv(bits, group_size, block_n, warps, stages, sym).asm["cubin"])
+    ops = main_loop_opcodes(sass)
+    regs = re.search(r"REG:(\d+)", usage)
+    local = re.search(r"LOCAL:(\d+)", usage)
+    return {"registers": int(regs.group(1)) if regs else None, "spilled_bytes": int(local.group(1)) if local else None,
+            "tma_loads": sass.count("UTMALDG"), "loop_instructions": sum(ops.values()),
+            "per_value": sum(ops.values()) / _values_per_thread(bits, block_n, warps),
+            "opcodes": dict(ops.most_common())}
 
 
 _HGMMA = re.compile(r"HGMMA\.\w+\.F32\.(?:BF16|F16) R\d+, (\w+)")
@@ -214,7 +261,7 @@ def wgmma_report(bits: int, group_size: int, block_m: int = 128, block_n: int = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default="gemv", choices=("gemv", "gemm16", "wgmma"))
+    p.add_argument("--kernel", default="gemv", choices=("gemv", "gemm16", "wgmma", "tma_gemv"))
     p.add_argument("--bits", type=int, default=4, choices=(2, 3, 4, 8))
     p.add_argument("--group_size", type=int, default=128)
     p.add_argument("--block_n", type=int, default=128)
@@ -230,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.kernel == "wgmma":
         print(json.dumps(wgmma_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,
                                       stages=a.stages, sym=not a.asym, max_registers=a.max_registers)))
+        return 0
+    if a.kernel == "tma_gemv":
+        print(json.dumps(tma_gemv_report(a.bits, a.group_size, block_n=a.block_n, warps=a.warps, stages=a.stages,
+                                         sym=not a.asym)))
         return 0
     if a.kernel == "gemm16":
         print(json.dumps(gemm16_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,

@@ -34,7 +34,12 @@ CASES = ((4, 128, True, 4096, 14336), (4, 128, True, 14336, 4096), (4, 128, True
          (4, 32, True, 4096, 14336), (4, -1, False, 4096, 14336), (2, 32, False, 4096, 6144))
 # the tuner's candidates plus neighbours (block_m, block_n, waves, warps, stages)
 TILINGS = WGMMA_TILINGS + (wgmma_config(128, 128, 0), wgmma_config(64, 128, 1, stages=4),
-                           wgmma_config(128, 128, 2, stages=3))
+                           wgmma_config(128, 128, 2, stages=3),
+                           # small M: x's TMA box zero-fills the rows past M
+                           wgmma_config(16, 128, 4, warps=4, stages=4), wgmma_config(16, 128, 4, warps=8, stages=4),
+                           wgmma_config(8, 128, 4, warps=4, stages=4), wgmma_config(16, 64, 4, warps=4, stages=4),
+                           wgmma_config(16, 128, 8, warps=4, stages=4), wgmma_config(32, 128, 4, warps=4, stages=4),
+                           wgmma_config(64, 128, 2, warps=4, stages=3), wgmma_config(16, 128, 2, warps=4, stages=6))
 
 
 def name(cfg) -> str:

@@ -97,3 +97,21 @@ def test_wgmma_register_cap_keeps_the_mmas_asynchronous():
                      "--max_registers", "128")
     assert report["registers"] <= 128 and report["mma_waits"] == 3, report
     assert report["loop_local_memory_ops"] <= 6, report
+
+
+def test_tma_gemv_streams_words_by_tma_and_decodes_like_the_triton_gemv():
+    """The TMA-fed Gluon gemv (kernels/tma_gemv.py) has no CPU interpreter either: it compiles for sm_90 with
+    this Triton, its K loop reads words, x and scales from shared memory filled by TMA (no global loads in the
+    loop), decodes with one LOP3 and one FFMA per value, within 25% of the Triton gemv's instructions per value
+    (the segment epilogue is per element here), and does not spill; sym W2 and asym W4 with 4 groups per block.
+    The GPU checks values (ci/gpu/probe_tma_gemv.py)."""
+    for bits, gs, extra in ((2, "64", ()), (4, "32", ("--asym",))):
+        scheme = ("--bits", str(bits), "--group_size", gs, *extra)
+        report = _report("--kernel", "tma_gemv", *scheme, "--block_n", "128", "--stages", "4")
+        triton_gemv = _report(*scheme, "--json")
+        values = 16 * 128 * (32 // bits) / 128  # per thread and K block, 4 warps
+        ops = report["opcodes"]
+        assert report["spilled_bytes"] == 0 and report["tma_loads"] > 0, report
+        assert "LDG" not in ops and ops["LDS"] > 0, report
+        assert ops["LOP3"] >= values and ops["FFMA"] >= values, report
+        assert report["per_value"] <= 1.25 * triton_gemv["per_value"], (report, triton_gemv)

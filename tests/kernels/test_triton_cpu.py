@@ -192,6 +192,50 @@ def test_wgmma_choice_falls_back_to_dequantize_where_gluon_cannot_run(interprete
     _check(scheme, wgmma_config(128, 128, 2), m=5, bias=True, seed=11)
 
 
+@pytest.mark.parametrize("scheme", [(2, 64, True), (4, 32, False), (3, 64, True)], ids=scheme_id)
+def test_tma_gemv_choice_falls_back_to_the_triton_gemv_where_gluon_cannot_run(interpreter, scheme):
+    """The M=1 default for 2 bits is the TMA-fed Gluon gemv (Hopper only): off Hopper (here: the interpreter;
+    on a GPU also other architectures, 3-bit layers, unaligned shapes) the launcher runs the Triton gemv."""
+    from vllm_autoround.kernels.tuning import tma_gemv_config
+
+    _check(scheme, tma_gemv_config(64, 4), m=1, bias=True, seed=21)
+    _check(scheme, tma_gemv_config(64, 4), m=3, seed=22)
+
+
+def test_tma_gemv_declines_what_its_tma_loads_cannot_address():
+    """What ``tma_gemv.supported`` turns down, each for a reason TMA or the flat x view imposes; checked
+    without a GPU through the shape rules alone (the device check comes last)."""
+    from vllm_autoround.kernels import tma_gemv
+
+    if not tma_gemv.HAVE_GLUON:
+        pytest.skip("this Triton has no Gluon")
+    x = torch.zeros(1, 4096, dtype=torch.bfloat16)
+    assert not tma_gemv.supported(x, 4, 128, 4096, 4096)  # a CPU tensor
+    assert not tma_gemv.supported(x, 3, 64, 4096, 4096)
+    # the shape rules, on a stand-in that reports itself as a CUDA tensor
+    cuda_x = torch.zeros(1, 4096 + 16, dtype=torch.bfloat16)[:, :4096]
+
+    class OnCuda:
+        device = torch.device("cuda", 0)
+        dtype = cuda_x.dtype
+
+        def __getattr__(self, name):
+            return getattr(cuda_x, name)
+
+    rules = tma_gemv._is_hopper
+    tma_gemv._is_hopper = lambda index: True
+    try:
+        assert tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096)
+        assert not tma_gemv.supported(OnCuda(), 4, 128, 4000, 4096)  # K not whole 128-value blocks
+        assert not tma_gemv.supported(OnCuda(), 4, 128, 4096, 4100)  # N rows not 16-byte aligned
+        zeros8 = torch.zeros(32, 4096, dtype=torch.uint8)
+        assert tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096, zeros8, block_n=128)
+        assert not tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096, zeros8, block_n=64)  # 64-byte zero rows
+        assert tma_gemv.supported(OnCuda(), 4, 32, 4096, 4096, zeros8, block_n=64)  # 4 groups per block: 256 B
+    finally:
+        tma_gemv._is_hopper = rules
+
+
 def test_wgmma_failure_is_reported_once_and_falls_back(interpreter, monkeypatch, caplog):
     """Gluon's API moves between Triton releases: a Gluon tiling that raises on this Triton/GPU must not fail
     the layer. The launcher logs one warning naming the tiling and the error, and from then on runs
@@ -208,7 +252,7 @@ def test_wgmma_failure_is_reported_once_and_falls_back(interpreter, monkeypatch,
     monkeypatch.setattr(launch.tk, "INTERPRETED", False)  # reach the Gluon branch; Triton still interprets
     monkeypatch.setattr(wgmma_gemm, "supported", lambda *args: True)
     monkeypatch.setattr(wgmma_gemm, "wgmma_gemm", broken)
-    monkeypatch.setattr(launch, "_FAILED_WGMMA", set())
+    monkeypatch.setattr(launch, "_FAILED_GLUON", set())
     cfg = wgmma_config(128, 128, 1, max_registers=96)
     with caplog.at_level("WARNING", logger="vllm_autoround.kernels.launch"):
         _check((4, 64, True), cfg, m=7, bias=True, seed=13)

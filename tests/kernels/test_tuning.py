@@ -25,10 +25,13 @@ def test_candidates_start_with_the_default_and_are_unique(mb, bits):
     assert cands[0] == default_config(mb, 4096, 4096, bits)
     assert len(cands) == len(set(cands))
     for c in cands:
-        assert c.kind in ("gemv", "gemm", "gemm16", "wgmma", "dequant")
+        assert c.kind in ("gemv", "gemm", "gemm16", "wgmma", "tma_gemv", "dequant")
         if c.kind == "wgmma":
             # Gluon decodes 2 and 4 bits; its x ring must fit shared memory (W2: 256 values per K block)
-            assert bits in (2, 4) and mb >= 128 and c.num_stages * c.block_m * (512 // bits) * 2 <= 227 * 1024
+            assert bits in (2, 4) and mb >= 64 and c.num_stages * c.block_m * (512 // bits) * 2 <= 227 * 1024
+        if c.kind == "tma_gemv":
+            # one x row per program, 2/4/8-bit words
+            assert bits in (2, 4, 8) and mb <= 4
         if c.kind == "gemm":
             # a wgmma with x on the A side needs 64 rows, measured faster than 16-row tiles at M = 17-32
             assert c.block_m <= max(64, mb)
@@ -54,12 +57,29 @@ def test_register_operand_kernel_only_where_it_decodes(mb, bits, sym):
 @pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("mb", M_BUCKETS)
-def test_gluon_kernel_is_the_default_only_for_large_w4_layers_at_m256(mb, bits, sym):
-    """Measured faster than dequantize + cuBLAS there on three layer shapes, slower on 4096 x 6144 (too few
-    tiles), and never measured ahead at other M or bit widths: there it is only a tuner candidate."""
+def test_gluon_kernel_is_the_default_only_for_large_w4_layers_at_m128_and_256(mb, bits, sym):
+    """Measured faster than dequantize + cuBLAS at M=256 on three layer shapes, slower on 4096 x 6144 (too few
+    tiles); at M=128, capped at 128 registers, ahead of gemm16 or even with it on the same three (sym; asym
+    not measured there); never measured ahead at other M or bit widths: there it is only a tuner candidate."""
     for n, k in ((14336, 4096), (4096, 14336), (28672, 8192), (6144, 4096), (4096, 4096)):
-        is_wgmma = default_config(mb, n, k, bits, sym).kind == "wgmma"
-        assert is_wgmma == (bits == 4 and mb == 256 and n * k >= 4096 * 14336)
+        cfg = default_config(mb, n, k, bits, sym)
+        big_w4 = bits == 4 and n * k >= 4096 * 14336
+        assert (cfg.kind == "wgmma") == (big_w4 and (mb == 256 or (mb == 128 and sym)))
+        if cfg.kind == "wgmma":
+            assert cfg.max_registers == (128 if mb == 128 else 0)
+
+
+@pytest.mark.parametrize("sym", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_tma_gemv_is_the_m1_default_only_for_two_bits(bits, sym):
+    """The TMA-fed gemv beat the Triton gemv on every W2 shape measured and lost on W4 g128: it is the M=1
+    default for 2 bits only, and a tuner candidate up to M=4 for every width it decodes."""
+    for gs in (32, 64, 128, -1):
+        assert (default_config(1, 4096, 4096, bits, sym, gs).kind == "tma_gemv") == (bits == 2)
+        for mb in (1, 2, 4):
+            kinds = {c.kind for c in candidates(mb, 4096, 4096, bits, sym, gs)}
+            assert ("tma_gemv" in kinds) == (bits != 3)
+            assert "gemv" in kinds  # the fallback off Hopper stays timed too
 
 
 @pytest.mark.parametrize("mb", M_BUCKETS)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import torch
 
+from vllm_autoround.kernels import tma_gemv as tg
 from vllm_autoround.kernels import triton_kernels as tk
 from vllm_autoround.kernels import wgmma_gemm as wg
 from vllm_autoround.kernels.layout import PreparedWeight, block_k
@@ -21,13 +22,13 @@ _log = logging.getLogger(__name__)
 class KernelConfig:
     """Which kernel and how it is tiled. ``waves``: split K until about waves x SMs programs run."""
 
-    kind: str  # "gemv" | "gemm" | "gemm16" | "wgmma" | "dequant"
+    kind: str  # "gemv" | "gemm" | "gemm16" | "wgmma" | "tma_gemv" | "dequant"
     block_n: int = 128
     warp_n: int = 32  # gemv: columns across one warp's lanes (32: one row per thread with 4 warps)
     block_m: int = 16
     waves: float = 0.0
     num_warps: int = 4
-    num_stages: int = 2
+    num_stages: int = 2  # tma_gemv: TMA ring stages
     scale_after: bool = True
     w_first: bool = False
     prefetch: bool = False
@@ -184,36 +185,75 @@ def dequant_matmul(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: t
     return torch.matmul(x, w, out=out)
 
 
-_FAILED_WGMMA: set[KernelConfig] = set()
+_FAILED_GLUON: set[KernelConfig] = set()
+# up to this M the Gluon kernel adds its split-K partials itself (one program per tile reads them all); above
+# it, torch's parallel sum is faster than that serial tail
+SMALL_M_REDUCE = 64
+
+
+def _gluon_or_fallback(cfg: KernelConfig, p: PreparedWeight, launch, fallback):
+    """Run a Gluon kernel's launch; if it raises, report it once and run ``fallback`` for that tiling from then on.
+
+    Gluon's API changes between Triton releases: a tiling that fails to compile or launch here must not
+    fail the model.
+    """
+    try:
+        return launch()
+    except Exception as exc:  # noqa: BLE001 - reported once; the layer keeps working on the fallback
+        _FAILED_GLUON.add(cfg)
+        _log.warning("vllm_autoround: the Gluon kernel %s failed on W%d %dx%d (%s: %s); that tiling runs "
+                     "the fallback from now on", cfg, p.bits, p.in_features, p.out_features, type(exc).__name__,
+                     str(exc)[:300])
+        return fallback()
 
 
 def wgmma(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """Large-M Gluon kernel on Hopper (:mod:`.wgmma_gemm`); dequantize + cuBLAS where it cannot run (another
-    GPU, a Triton without Gluon, the interpreter, 3- or 8-bit), so a tuned choice stays valid everywhere.
-
-    Gluon's API changes between Triton releases: a tiling that fails to compile or launch here is reported
-    once, with the error, and runs dequantize + cuBLAS from then on instead of failing the model.
-    """
-    if tk.INTERPRETED or cfg in _FAILED_WGMMA or not wg.supported(x, p.bits, _group_constexpr(p)):
+    GPU, a Triton without Gluon, the interpreter, 3- or 8-bit, a failed compile), so a tuned choice stays valid
+    everywhere."""
+    def fallback():
         return dequant_matmul(x, p, KernelConfig(kind="dequant"), out)
+
+    if tk.INTERPRETED or cfg in _FAILED_GLUON or not wg.supported(x, p.bits, _group_constexpr(p)):
+        return fallback()
     m, n = x.shape[0], p.out_features
     out = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
     tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
     split = max(1, min(8, round(cfg.waves * _num_sms(x.device) / tiles))) if cfg.waves > 0 else 1
-    try:
-        return wg.wgmma_gemm(x, p.qweight, p.scales, p.zeros, p.bias, out, bits=p.bits,
-                             group_size=_group_constexpr(p), zero_point=p.zero_point, in_features=p.in_features,
-                             block_m=cfg.block_m, block_n=cfg.block_n, stages=cfg.num_stages,
-                             num_warps=cfg.num_warps, split_k=split, max_registers=cfg.max_registers)
-    except Exception as exc:  # noqa: BLE001 - reported once; the layer keeps working on the fallback
-        _FAILED_WGMMA.add(cfg)
-        _log.warning("vllm_autoround: the Gluon kernel %s failed on W%d %dx%d (%s: %s); that tiling runs "
-                     "dequantize + cuBLAS from now on", cfg, p.bits, p.in_features, n, type(exc).__name__,
-                     str(exc)[:300])
-        return dequant_matmul(x, p, KernelConfig(kind="dequant"), out)
+    return _gluon_or_fallback(cfg, p, lambda: wg.wgmma_gemm(
+        x, p.qweight, p.scales, p.zeros, p.bias, out, bits=p.bits, group_size=_group_constexpr(p),
+        zero_point=p.zero_point, in_features=p.in_features, block_m=cfg.block_m, block_n=cfg.block_n,
+        stages=cfg.num_stages, num_warps=cfg.num_warps, split_k=split, max_registers=cfg.max_registers,
+        counters=p.counters if m <= SMALL_M_REDUCE else None), fallback)
 
 
-LAUNCHERS = {"gemv": gemv, "gemm": gemm, "gemm16": gemm16, "wgmma": wgmma, "dequant": dequant_matmul}
+# the Triton gemv's M=1 default: within 7% of the best tiling on every W2/W4/W8 shape of the H100 sweep
+# (ci/gpu/probe_gemv.py, docs/kernels.md); 3-bit runs it without the prefetch (tuning.default_config)
+GEMV_DEFAULT = KernelConfig("gemv", block_n=128, waves=4, num_warps=4, num_stages=2, prefetch=True)
+
+
+def tma_gemv(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode-path Gluon gemv with a TMA ring on Hopper (:mod:`.tma_gemv`); where it cannot run (another GPU, no
+    Gluon, the interpreter, 3-bit, K not whole blocks, unaligned N or x, a failed compile), the Triton gemv's
+    default."""
+    def fallback():
+        return gemv(x, p, GEMV_DEFAULT, out)
+
+    if tk.INTERPRETED or cfg in _FAILED_GLUON or x.shape[0] == 0 or not tg.supported(
+            x, p.bits, _group_constexpr(p), p.in_features, p.out_features, p.zeros, cfg.block_n):
+        return fallback()
+    m, n = x.shape[0], p.out_features
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
+    num_blocks = p.in_features // block_k(p.bits, p.interleave)
+    split, _ = split_plan(num_blocks, -(-n // cfg.block_n) * m, cfg.waves, p, x.device)
+    return _gluon_or_fallback(cfg, p, lambda: tg.tma_gemv(
+        x, p.qweight, p.scales, p.zeros, p.bias, out, p.counters, bits=p.bits, group_size=_group_constexpr(p),
+        zero_point=p.zero_point, in_features=p.in_features, block_n=cfg.block_n, stages=cfg.num_stages,
+        num_warps=cfg.num_warps, split_k=split), fallback)
+
+
+LAUNCHERS = {"gemv": gemv, "gemm": gemm, "gemm16": gemm16, "wgmma": wgmma, "tma_gemv": tma_gemv,
+             "dequant": dequant_matmul}
 
 
 def run(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tensor | None = None) -> torch.Tensor:

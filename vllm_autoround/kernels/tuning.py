@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import threading
+from dataclasses import replace
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vllm_autoround.format.files import write_text_atomic
-from vllm_autoround.kernels.launch import KernelConfig, run
+from vllm_autoround.kernels.launch import GEMV_DEFAULT, KernelConfig, run
 from vllm_autoround.kernels.layout import PreparedWeight, block_k
 from vllm_autoround.kernels.timing import graph_time_us, rotated_copies
 
@@ -69,6 +70,10 @@ def wgmma_config(block_m: int, block_n: int, waves: float, warps: int = 8, stage
                         max_registers=max_registers)
 
 
+def tma_gemv_config(block_n: int, waves: float, warps: int = 4, stages: int = 4) -> KernelConfig:
+    return KernelConfig("tma_gemv", block_n=block_n, waves=waves, num_warps=warps, num_stages=stages)
+
+
 def wgmma_fits(cfg: KernelConfig, bits: int) -> bool:
     """Whether the Gluon kernel's x ring (stages x rows x one K block of 16-bit values) fits an SM's 227 KiB of
     shared memory: a 2-bit block is 256 values, so W2 cannot take 256-row tiles."""
@@ -85,6 +90,13 @@ WGMMA_MIN_WEIGHTS = 4096 * 14336
 WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_config(128, 128, 2),
                  wgmma_config(128, 64, 1, warps=4, stages=3), wgmma_config(128, 128, 1, stages=3),
                  wgmma_config(128, 128, 1, max_registers=128))
+# at M=64 one warpgroup per 64 x 128 tile: 101.0 / 33.6 us against gemm16's 109.1 / 38.8 on W4 8192x28672 and
+# W2 4096x14336, 0.86-0.89x on three other W4 shapes (H200, sixth session): a candidate, not a default
+WGMMA_M64 = wgmma_config(64, 128, 2, warps=4, stages=3)
+# the Gluon TMA gemv's tilings (Hopper; the Triton gemv elsewhere; docs/kernels.md, "A gemv fed by TMA"): the
+# best of each measured W2/W4 shape (H200, sixth session)
+TMA_GEMV_TILINGS = (tma_gemv_config(64, 4), tma_gemv_config(64, 8, stages=6), tma_gemv_config(128, 3),
+                    tma_gemv_config(128, 2), tma_gemv_config(128, 4, warps=2))
 LARGE_TILE = gemm_config(128, 256, 0, warps=8, scale_after=False)
 
 
@@ -101,9 +113,18 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True, group_s
     group_size as in the checkpoint (-1: per channel).
     """
     if mb == 1:
-        # H100 sweep (ci/gpu/probe_gemv.py, docs/kernels.md): within 7% of the best tiling on every measured
-        # W2/W4/W8 shape; prefetching the next block costs 3-bit (three word tiles) more than it gains.
-        return gemv_config(128, 4, prefetch=bits != 3)
+        if bits == 2:
+            # H200, 2026-12-04, sixth session (ci/gpu/probe_tma_gemv.py): the TMA-fed Gluon gemv at 64 columns
+            # took 15.1 / 14.1 / 11.4 us on W2 g64 4096x14336, g64 14336x4096, g32 asym 4096x6144 against 15.5 /
+            # 16.4 / 15.5 for the Triton gemv; on W4 g128 it lost. Off Hopper it runs the Triton gemv default.
+            return tma_gemv_config(64, 4)
+        # prefetching the next block costs 3-bit (three word tiles) more than it gains
+        return GEMV_DEFAULT if bits != 3 else replace(GEMV_DEFAULT, prefetch=False)
+    if bits == 4 and sym and mb == 128 and n * k >= WGMMA_MIN_WEIGHTS:
+        # H200, 2026-12-04, sixth session (ci/gpu/probe_wgmma.py): 128 x 128 Gluon tiles capped at 128 registers
+        # (two programs per SM) took 50.3 / 56.1 / 139.9 us on 4096x14336 / 14336x4096 / 8192x28672 against
+        # 49.7 / 60.4 / 174.4 for gemm16's 64 x 128 default
+        return wgmma_config(128, 128, 1, max_registers=128)
     if bits == 4 and mb == 256 and n * k >= WGMMA_MIN_WEIGHTS:
         # H200, 2026-12-04, fifth session (docs/kernels.md, "A Gluon kernel for large M"): 256 x 128 Gluon tiles
         # took 57.2 / 70.9 / 231.1 us on 4096x14336 / 14336x4096 / 8192x28672 against 90.1 / 90.4 / 340.9 for
@@ -173,9 +194,14 @@ def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True, group_size:
     """What the autotuner times for one M bucket (the default first)."""
     out = [default_config(mb, n, k, bits, sym, group_size)]
     if mb <= 4:
+        out.append(GEMV_DEFAULT)
         out += [gemv_config(bn, w, warps, prefetch=pf, warp_n=wn) for bn, wn, w, warps, pf in (
             (128, 32, 4, 4, False), (128, 32, 3, 4, True), (128, 32, 6, 4, False), (128, 32, 8, 4, False),
             (64, 32, 6, 2, True), (64, 32, 8, 2, True), (128, 64, 4, 4, True))]
+        if bits != 3:
+            out += list(TMA_GEMV_TILINGS)
+    if mb == 64 and bits in (2, 4):
+        out.append(WGMMA_M64)
     if 1 < mb <= 16:
         out += [gemm_config(16, bn, w, w_first=wf, prefetch=pf) for bn, w, wf, pf in (
             (128, 4, True, False), (64, 4, True, False), (128, 4, True, True), (128, 2, True, False),

@@ -25,20 +25,19 @@ import functools
 
 import torch
 
+from vllm_autoround.kernels.gluon_api import (
+    HAVE_GLUON,
+    TensorDescriptor,
+    gl,
+    gluon,
+    mbarrier,
+    thread_barrier,
+    tma_load,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 from vllm_autoround.kernels.layout import block_k
 from vllm_autoround.kernels.triton_kernels import MAGIC_BF16X2, MAGIC_F16X2, magic_field_ptx
-
-try:  # Gluon is experimental: absent from some Triton builds, and its API moves between releases
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    # renamed after Triton 3.6 (the GPU machine's version); the newer name where it exists
-    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-    HAVE_GLUON = True
-except (ImportError, AttributeError):  # pragma: no cover - depends on the installed Triton
-    HAVE_GLUON = False
 
 BITS_SUPPORTED = (2, 4)
 ROWS = 16  # word rows per K block (layout.INTERLEAVE)
@@ -88,7 +87,7 @@ if HAVE_GLUON:
         """TMA loads of K block i's x columns (CH boxes of X_CHUNK) into stage st."""
         mbarrier.expect(ready.index(st), CH * x_desc.block_type.nbytes)
         for c in gl.static_range(CH):
-            _tma_load(x_desc, [off_m, i * BK + c * X_CHUNK], ready.index(st), x_smem.index(st * CH + c))
+            tma_load(x_desc, [off_m, i * BK + c * X_CHUNK], ready.index(st), x_smem.index(st * CH + c))
 
     @gluon.jit
     def _words(w_ptr, i, offs_r, offs_n, n_mask, N):
@@ -97,13 +96,14 @@ if HAVE_GLUON:
                        mask=gl.expand_dims(n_mask, 1), other=0)
 
     @gluon.jit
-    def wgmma_gemm_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, M, N, K, stride_om, blocks_per_split,
-                          BITS: gl.constexpr, GS: gl.constexpr, ZERO: gl.constexpr, HAS_BIAS: gl.constexpr,
-                          SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-                          num_warps: gl.constexpr):
+    def wgmma_gemm_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_om,
+                          blocks_per_split, split_k, BITS: gl.constexpr, GS: gl.constexpr, ZERO: gl.constexpr,
+                          HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, REDUCE: gl.constexpr, BLOCK_M: gl.constexpr,
+                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, num_warps: gl.constexpr):
         """``out[M, N] = x · dequant(W)ᵀ (+ bias)`` as ``outᵀ = W · xᵀ``: the weight tile is wgmma's A operand
         (registers), x's tile its B operand (shared memory, via TMA). Grid: (M tiles, N tiles, K splits); with
-        SPLIT each split stores its float32 partial sum to ``part_ptr[split]`` and the launcher adds them."""
+        SPLIT each split stores its float32 partial sum to ``part_ptr[split]``; with REDUCE too the last split
+        to arrive at the tile (an atomic counter, handed back zero) sums them, else the launcher does."""
         NS: gl.constexpr = 32 // BITS
         BK: gl.constexpr = R * NS
         CH: gl.constexpr = BK // X_CHUNK
@@ -180,13 +180,25 @@ if HAVE_GLUON:
         on = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, out_layout))
         mask = gl.expand_dims(om < M, 0) & gl.expand_dims(on < N, 1)
+        ptrs = out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1)
+        part_ptrs = part_ptr + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1)
         if SPLIT:
-            gl.store(part_ptr + pid_k * M * N + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1), y, mask=mask)
+            gl.store(part_ptrs + pid_k * M * N, y, mask=mask)
+            if REDUCE:
+                thread_barrier()
+                tile = pid_m * gl.num_programs(1) + pid_n
+                if gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == split_k - 1:
+                    thread_barrier()
+                    y = gl.zeros_like(y)
+                    for sp in range(split_k):
+                        y += gl.load(part_ptrs + sp * M * N, mask=mask, other=0, cache_modifier=".cg")
+                    if HAS_BIAS:
+                        y += gl.expand_dims(gl.load(b_ptr + on, mask=on < N, other=0).to(gl.float32), 1)
+                    gl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+                    gl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
         else:
             if HAS_BIAS:
-                bias = gl.load(b_ptr + on, mask=on < N, other=0).to(gl.float32)
-                y = y + gl.expand_dims(bias, 1)
-            ptrs = out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1)
+                y += gl.expand_dims(gl.load(b_ptr + on, mask=on < N, other=0).to(gl.float32), 1)
             gl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -218,26 +230,31 @@ def _x_layout(block_m: int, is_fp16: bool):
 def wgmma_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                bias: torch.Tensor | None, out: torch.Tensor, *, bits: int, group_size: int, zero_point: int,
                in_features: int, block_m: int = 128, block_n: int = 128, stages: int = 2, num_warps: int = 8,
-               split_k: int = 1, max_registers: int = 0) -> torch.Tensor:
+               split_k: int = 1, max_registers: int = 0, counters: torch.Tensor | None = None) -> torch.Tensor:
     """``out = x · dequant(W)ᵀ (+ bias)`` on the repacked weight (kernels.layout); see :func:`supported`.
 
-    split_k > 1 splits the K blocks over that many programs per tile (for few output tiles), summed after.
+    split_k > 1 splits the K blocks over that many programs per tile (for few output tiles). Their partial
+    sums are added in the kernel when ``counters`` (zero, one per tile) is given, by torch otherwise: one
+    program reading every split's tile is a long serial tail for large tiles, three torch kernels for small.
     max_registers caps ptxas's registers per thread (128 lets two 8-warp programs share an SM).
     """
     m, n = x.shape[0], qweight.shape[1]
     num_blocks = qweight.shape[0] // ROWS
     per = -(-num_blocks // max(1, min(split_k, num_blocks)))
     split = -(-num_blocks // per)
+    grid = (-(-m // block_m), -(-n // block_n), split)
+    reduce = split > 1 and counters is not None and grid[0] * grid[1] <= counters.numel()
     x_desc = TensorDescriptor(x, [m, in_features], [x.stride(0), 1], [block_m, CHUNK],
                               _x_layout(block_m, x.dtype == torch.float16))
     part = torch.empty(split, m, n, device=x.device, dtype=torch.float32) if split > 1 else out
-    grid = (-(-m // block_m), -(-n // block_n), split)
     wgmma_gemm_kernel[grid](x_desc, qweight, scales, zeros if zero_point < 0 else scales,
-                            bias if bias is not None else out, out, part, m, n, in_features, out.stride(0), per,
+                            bias if bias is not None else out, out, part, counters if reduce else part, m, n,
+                            in_features, out.stride(0), per, split,
                             BITS=bits, GS=group_size if group_size > 0 else 0, ZERO=zero_point,
-                            HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=block_m, BLOCK_N=block_n,
-                            STAGES=stages, num_warps=num_warps, **({"maxnreg": max_registers} if max_registers else {}))
-    if split > 1:
+                            HAS_BIAS=bias is not None, SPLIT=split > 1, REDUCE=reduce, BLOCK_M=block_m,
+                            BLOCK_N=block_n, STAGES=stages, num_warps=num_warps,
+                            **({"maxnreg": max_registers} if max_registers else {}))
+    if split > 1 and not reduce:
         y = part.sum(0)
         if bias is not None:
             y += bias.float()
