@@ -185,7 +185,8 @@ def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps:
                  "part_ptr": "*fp32", "cnt_ptr": "*i32"}
     signature |= {name: "i32" for name in ("M", "N", "K", "stride_om", "blocks_per_split", "split_k")}
     constants = dict(BITS=bits, GS=max(group_size, 0), ZERO=2 ** (bits - 1) if sym else -1, HAS_BIAS=False,
-                     SPLIT=False, REDUCE=False, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+                     SPLIT=False, REDUCE=False, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                     SCALES_AHEAD=not max_registers, num_warps=warps)
     signature |= {name: "constexpr" for name in constants}
     aligned = ("w_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "part_ptr", "N", "K", "stride_om")
     attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}

@@ -229,7 +229,10 @@ def _plain_layout(bitwidth: int):
 
 
 def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _plain_layout(t.element_size() * 8))
+    """A TMA descriptor of a row-major 2-D tensor; a single row's stride is whatever torch left there (per-channel
+    zero points come as ``[1, N]`` with stride 1), so it is given as N."""
+    strides = [t.shape[1] if t.shape[0] == 1 else t.stride(0), 1]
+    return TensorDescriptor(t, list(t.shape), strides, block, _plain_layout(t.element_size() * 8))
 
 
 def tma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

@@ -120,10 +120,10 @@ def default_config(mb: int, n: int, k: int, bits: int, sym: bool = True, group_s
             return tma_gemv_config(64, 4)
         # prefetching the next block costs 3-bit (three word tiles) more than it gains
         return GEMV_DEFAULT if bits != 3 else replace(GEMV_DEFAULT, prefetch=False)
-    if bits == 4 and sym and mb == 128 and n * k >= WGMMA_MIN_WEIGHTS:
+    if bits == 4 and sym and group_size == 128 and mb == 128 and n * k >= WGMMA_MIN_WEIGHTS:
         # H200, 2026-12-04, sixth session (ci/gpu/probe_wgmma.py): 128 x 128 Gluon tiles capped at 128 registers
         # (two programs per SM) took 50.3 / 56.1 / 139.9 us on 4096x14336 / 14336x4096 / 8192x28672 against
-        # 49.7 / 60.4 / 174.4 for gemm16's 64 x 128 default
+        # 49.7 / 60.4 / 174.4 for gemm16's 64 x 128 default (g128; with g32 the capped tiling took 69.6 us)
         return wgmma_config(128, 128, 1, max_registers=128)
     if bits == 4 and mb == 256 and n * k >= WGMMA_MIN_WEIGHTS:
         # H200, 2026-12-04, fifth session (docs/kernels.md, "A Gluon kernel for large M"): 256 x 128 Gluon tiles
