@@ -179,7 +179,7 @@ def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps:
 
     kernel = wg.wgmma_gemm_kernel
     dt = "fp16" if fp16 else "bf16"
-    x_layout = wg._x_layout(block_m, fp16)
+    x_layout = wg.x_layout(block_m, fp16)
     signature = {"x_desc": f"tensordesc<{dt}[{block_m}, {wg.CHUNK}],{x_layout!r}>", "w_ptr": "*i32",
                  "s_ptr": "*fp16", "z_ptr": "*fp16" if sym else "*u8", "b_ptr": f"*{dt}", "out_ptr": f"*{dt}",
                  "part_ptr": "*fp32", "cnt_ptr": "*i32"}
@@ -207,10 +207,10 @@ def compile_tma_gemv(bits: int, group_size: int, block_n: int, warps: int, stage
 
     kernel = tg.tma_gemv_kernel
     rows = block_k(bits) // group_size if 0 < group_size < block_k(bits) else 1
-    words = f"tensordesc<i32[16, {block_n}],{tg._plain_layout(32)!r}>"
-    x = f"tensordesc<bf16[{slices_per_block(bits)}, 16],{tg._plain_layout(16)!r}>"
-    scales = f"tensordesc<fp16[{rows}, {block_n}],{tg._plain_layout(16)!r}>"
-    zeros = scales if sym else f"tensordesc<u8[{rows}, {block_n}],{tg._plain_layout(8)!r}>"
+    words = f"tensordesc<i32[16, {block_n}],{tg.plain_layout(32)!r}>"
+    x = f"tensordesc<bf16[{slices_per_block(bits)}, 16],{tg.plain_layout(16)!r}>"
+    scales = f"tensordesc<fp16[{rows}, {block_n}],{tg.plain_layout(16)!r}>"
+    zeros = scales if sym else f"tensordesc<u8[{rows}, {block_n}],{tg.plain_layout(8)!r}>"
     signature = {"w_desc": words, "x_desc": x, "s_desc": scales, "z_desc": zeros, "s_ptr": "*fp16",
                  "z_ptr": "*fp16" if sym else "*u8", "b_ptr": "*bf16", "out_ptr": "*bf16", "part_ptr": "*fp32",
                  "cnt_ptr": "*i32"}

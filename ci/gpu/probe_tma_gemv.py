@@ -1,9 +1,9 @@
-"""The Gluon TMA gemv (``kernels.tma_gemv``) against the Triton gemv and bf16 ``F.linear`` at M ≤ 4.
+"""The TMA-fed Gluon gemv (``kernels.tma_gemv``) against the Triton gemv and bf16 ``F.linear`` at M ≤ 4.
 
 For each case and M it times, with CUDA-graph replay over weight copies larger than L2 (kernel_common):
-bf16 ``F.linear``, the Triton gemv default, the bucket's current default, and each TMA gemv tiling, through
-the launcher serving uses (``kernels.launch.run``); every output is checked against a float32 reference
-(bf16, and fp16 for the first TMA tiling). Needs an sm_90 GPU and Triton's Gluon, no vLLM::
+bf16 ``F.linear``, the Triton gemv, the bucket's current default, and each TMA gemv tiling, through the
+launcher serving uses (``kernels.launch.run``); every output is checked against a float32 reference (bf16,
+and fp16 for the first TMA tiling). Needs an sm_90 GPU and Triton's Gluon, no vLLM::
 
     PYTHONPATH=. python3 ci/gpu/probe_tma_gemv.py --out $OUT/probe_tma_gemv.json
 """
@@ -24,15 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_common as kc  # noqa: E402
 
 from vllm_autoround.kernels.launch import run  # noqa: E402
-from vllm_autoround.kernels.tuning import TMA_GEMV_TILINGS, default_config, gemv_config, m_bucket, tma_gemv_config  # noqa: E402
+from vllm_autoround.kernels.tuning import (  # noqa: E402
+    TMA_GEMV_TILINGS,
+    default_config,
+    gemv_config,
+    m_bucket,
+    tma_gemv_config,
+)
 
 # (bits, group size, sym, K, N)
 CASES = ((4, 128, True, 4096, 14336), (4, 128, True, 14336, 4096), (4, 128, True, 4096, 6144),
          (4, 128, True, 8192, 28672), (2, 64, True, 4096, 14336), (8, 128, True, 4096, 14336),
          (4, 128, False, 4096, 14336), (2, 64, True, 14336, 4096), (4, 32, True, 4096, 14336),
          (4, -1, False, 4096, 6144), (2, 32, False, 4096, 6144), (4, 128, True, 4096, 1000))
-TILINGS = TMA_GEMV_TILINGS + (tma_gemv_config(128, 3, stages=4), tma_gemv_config(256, 4, stages=3),
-                              tma_gemv_config(128, 4, warps=2), tma_gemv_config(64, 8, stages=6))
+TILINGS = TMA_GEMV_TILINGS + (tma_gemv_config(128, 4), tma_gemv_config(256, 2), tma_gemv_config(128, 4, stages=6),
+                              tma_gemv_config(128, 4, warps=8), tma_gemv_config(256, 4, stages=3))
 
 
 def name(cfg) -> str:
@@ -43,7 +49,7 @@ def name(cfg) -> str:
 
 def main() -> None:
     ap = kc.probe_parser(budget=300)
-    ap.add_argument("--ms", help="comma-separated M values (default: 1)")
+    ap.add_argument("--ms", help="comma-separated M values up to 4 (default: 1)")
     ap.add_argument("--tilings", help="indices into TILINGS, comma-separated (default: all)")
     a = ap.parse_args()
     cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES

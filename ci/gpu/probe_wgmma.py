@@ -25,21 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kernel_common as kc  # noqa: E402
 
 from vllm_autoround.kernels.launch import run  # noqa: E402
-from vllm_autoround.kernels.tuning import DEQUANT, WGMMA_TILINGS, default_config, m_bucket, wgmma_config  # noqa: E402
+from vllm_autoround.kernels.tuning import (  # noqa: E402
+    DEQUANT,
+    WGMMA_M64,
+    WGMMA_TILINGS,
+    default_config,
+    m_bucket,
+    wgmma_config,
+)
 
-MS = (128, 256, 512, 1024, 4096)
+MS = (128, 256, 512, 1024, 4096)  # --ms 64 times the M=64 candidate against gemm16
 # (bits, group size, sym, K, N)
 CASES = ((4, 128, True, 4096, 14336), (4, 128, True, 14336, 4096), (4, 128, True, 4096, 6144),
          (4, 128, True, 8192, 28672), (4, 128, False, 4096, 14336), (2, 64, True, 4096, 14336),
          (4, 32, True, 4096, 14336), (4, -1, False, 4096, 14336), (2, 32, False, 4096, 6144))
 # the tuner's candidates plus neighbours (block_m, block_n, waves, warps, stages)
 TILINGS = WGMMA_TILINGS + (wgmma_config(128, 128, 0), wgmma_config(64, 128, 1, stages=4),
-                           wgmma_config(128, 128, 2, stages=3),
-                           # small M: x's TMA box zero-fills the rows past M
-                           wgmma_config(16, 128, 4, warps=4, stages=4), wgmma_config(16, 128, 4, warps=8, stages=4),
-                           wgmma_config(8, 128, 4, warps=4, stages=4), wgmma_config(16, 64, 4, warps=4, stages=4),
-                           wgmma_config(16, 128, 8, warps=4, stages=4), wgmma_config(32, 128, 4, warps=4, stages=4),
-                           wgmma_config(64, 128, 2, warps=4, stages=3), wgmma_config(16, 128, 2, warps=4, stages=6))
+                           wgmma_config(128, 128, 2, stages=3), WGMMA_M64)
 
 
 def name(cfg) -> str:

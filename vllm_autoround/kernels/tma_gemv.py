@@ -223,7 +223,7 @@ def _is_hopper(device_index: int) -> bool:
 
 
 @functools.cache
-def _plain_layout(bitwidth: int):
+def plain_layout(bitwidth: int):
     """Unswizzled shared memory: rows as in global memory, so the threads' loads need no address math."""
     return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=bitwidth, rank=2)
 
@@ -232,7 +232,7 @@ def _descriptor(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
     """A TMA descriptor of a row-major 2-D tensor; a single row's stride is whatever torch left there (per-channel
     zero points come as ``[1, N]`` with stride 1), so it is given as N."""
     strides = [t.shape[1] if t.shape[0] == 1 else t.stride(0), 1]
-    return TensorDescriptor(t, list(t.shape), strides, block, _plain_layout(t.element_size() * 8))
+    return TensorDescriptor(t, list(t.shape), strides, block, plain_layout(t.element_size() * 8))
 
 
 def tma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

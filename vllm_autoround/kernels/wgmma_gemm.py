@@ -193,26 +193,33 @@ if HAVE_GLUON:
         on = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, out_layout))
         mask = gl.expand_dims(om < M, 0) & gl.expand_dims(on < N, 1)
-        ptrs = out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1)
-        part_ptrs = part_ptr + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1)
+        _store_tile(y, out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1),
+                    part_ptr + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1), mask,
+                    b_ptr + gl.expand_dims(on, 1) + gl.expand_dims(om, 0) * 0, M * N, cnt_ptr,
+                    pid_m * gl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT, REDUCE)
+
+    @gluon.jit
+    def _store_tile(y, out_ptrs, part_ptrs, mask, bias_ptrs, part_stride, cnt_ptr, tile, pid_k, split_k,
+                    HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, REDUCE: gl.constexpr):
+        """Write a float32 tile (+ bias). SPLIT: store this split's partial; REDUCE too: the last split to arrive
+        at the tile (an atomic counter, handed back zero) sums the partials and writes the tile."""
         if SPLIT:
-            gl.store(part_ptrs + pid_k * M * N, y, mask=mask)
+            gl.store(part_ptrs + pid_k * part_stride, y, mask=mask)
             if REDUCE:
                 thread_barrier()
-                tile = pid_m * gl.num_programs(1) + pid_n
                 if gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu") == split_k - 1:
                     thread_barrier()
                     y = gl.zeros_like(y)
                     for sp in range(split_k):
-                        y += gl.load(part_ptrs + sp * M * N, mask=mask, other=0, cache_modifier=".cg")
+                        y += gl.load(part_ptrs + sp * part_stride, mask=mask, other=0, cache_modifier=".cg")
                     if HAS_BIAS:
-                        y += gl.expand_dims(gl.load(b_ptr + on, mask=on < N, other=0).to(gl.float32), 1)
-                    gl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+                        y += gl.load(bias_ptrs, mask=mask, other=0).to(gl.float32)
+                    gl.store(out_ptrs, y.to(out_ptrs.dtype.element_ty), mask=mask)
                     gl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
         else:
             if HAS_BIAS:
-                y += gl.expand_dims(gl.load(b_ptr + on, mask=on < N, other=0).to(gl.float32), 1)
-            gl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mask)
+                y += gl.load(bias_ptrs, mask=mask, other=0).to(gl.float32)
+            gl.store(out_ptrs, y.to(out_ptrs.dtype.element_ty), mask=mask)
 
 
 def supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
@@ -236,7 +243,7 @@ def _is_hopper(device_index: int) -> bool:
 
 
 @functools.cache
-def _x_layout(block_m: int, is_fp16: bool):
+def x_layout(block_m: int, is_fp16: bool):
     return gl.NVMMASharedLayout.get_default_for([block_m, CHUNK], gl.float16 if is_fp16 else gl.bfloat16)
 
 
@@ -260,7 +267,7 @@ def wgmma_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     grid = (-(-m // block_m), -(-n // block_n), split)
     reduce = split > 1 and counters is not None and grid[0] * grid[1] <= counters.numel()
     x_desc = TensorDescriptor(x, [m, in_features], [x.stride(0), 1], [block_m, CHUNK],
-                              _x_layout(block_m, x.dtype == torch.float16))
+                              x_layout(block_m, x.dtype == torch.float16))
     part = torch.empty(split, m, n, device=x.device, dtype=torch.float32) if split > 1 else out
     wgmma_gemm_kernel[grid](x_desc, qweight, scales, zeros if zero_point < 0 else scales,
                             bias if bias is not None else out, out, part, counters if reduce else part, m, n,
@@ -270,8 +277,13 @@ def wgmma_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
                             BLOCK_N=block_n, STAGES=stages, SCALES_AHEAD=not max_registers, num_warps=num_warps,
                             **({"maxnreg": max_registers} if max_registers else {}))
     if split > 1 and not reduce:
-        y = part.sum(0)
-        if bias is not None:
-            y += bias.float()
-        out.copy_(y)
+        add_partials(part, bias, out)
     return out
+
+
+def add_partials(part: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """``out = Σ part[split] (+ bias)``: split-K partials the kernel left to torch."""
+    y = part.sum(0)
+    if bias is not None:
+        y += bias.float()
+    out.copy_(y)
