@@ -12,3 +12,33 @@ def register() -> None:
     from vllm_autoround.serving.config import AutoRoundConfig
 
     register_quantization_config(METHOD_NAME)(AutoRoundConfig)
+
+
+ENTRY_POINT_GROUP = "vllm.general_plugins"
+
+
+def entry_point_registered() -> bool:
+    """Whether vLLM's plugin loader can see this package's entry point (installed package or
+    ``ci/gpu/use_checkout.sh``).
+
+    Why it matters: without the plugin, vLLM does not reject ``--quantization auto_round`` on an auto-round
+    checkpoint. Its own INC method claims every ``quant_method: auto-round`` checkpoint before the requested
+    name is checked, so the model is silently served by vLLM's kernels instead of ours.
+    """
+    from importlib.metadata import entry_points
+
+    return any(ep.value.startswith("vllm_autoround.") for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
+def require_plugin(engine=None) -> None:
+    """Raise unless our plugin serves: its entry point is installed and, given an engine (``vllm.LLM`` or its
+    ``llm_engine``), that engine resolved the quantization method to ours."""
+    if not entry_point_registered():
+        raise RuntimeError(f"vllm_autoround's {ENTRY_POINT_GROUP} entry point is not installed in this environment "
+                           "(pip install the package, or on the GPU machine source ci/gpu/use_checkout.sh); vLLM "
+                           "would serve auto-round checkpoints with its own INC loader instead of this plugin")
+    model_config = getattr(getattr(engine, "llm_engine", engine), "model_config", None)
+    resolved = getattr(model_config, "quantization", METHOD_NAME)
+    if engine is not None and resolved != METHOD_NAME:
+        raise RuntimeError(f"vLLM resolved the quantization method to {resolved!r}, not {METHOD_NAME!r}: "
+                           "this engine does not run vllm_autoround's kernels")

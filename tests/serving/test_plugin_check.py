@@ -1,0 +1,31 @@
+"""The guard that a serving run really uses this plugin (vLLM would otherwise serve auto-round checkpoints with
+its own INC loader, silently: that is how a GPU benchmark measured vLLM twice under our name, 2026-12-04)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from types import SimpleNamespace
+
+import pytest
+
+from vllm_autoround.serving import plugin
+
+
+def test_the_installed_package_exposes_its_vllm_entry_point():
+    assert plugin.entry_point_registered()
+    plugin.require_plugin()
+
+
+def test_a_missing_entry_point_is_an_error_that_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [])
+    with pytest.raises(RuntimeError, match="use_checkout.sh"):
+        plugin.require_plugin()
+
+
+def test_an_engine_that_resolved_another_method_is_an_error():
+    """vLLM's INC override claims `quant_method: auto-round` checkpoints even under --quantization auto_round."""
+    inc = SimpleNamespace(llm_engine=SimpleNamespace(model_config=SimpleNamespace(quantization="inc")))
+    with pytest.raises(RuntimeError, match="'inc'"):
+        plugin.require_plugin(inc)
+    ours = SimpleNamespace(model_config=SimpleNamespace(quantization="auto_round"))
+    plugin.require_plugin(ours)  # an LLMEngine directly
