@@ -304,7 +304,9 @@ def _cfg(c):
     if c["kind"] == "wgmma":
         cap = f" r{c['max_registers']}" if c.get("max_registers") else ""
         return f"gluon {c['block_m']}x{c['block_n']} w{c['waves']:g} st{c['num_stages']}{cap}"
-    return "dequant+cuBLAS"
+    if c["kind"] == "tma_gemv":
+        return f"tma gemv n{c['block_n']} w{c['waves']:g} st{c['num_stages']} x{c['num_warps']}"
+    return "dequant+cuBLAS" if c["kind"] == "dequant" else c["kind"]
 
 
 def markdown(rows, dev_name, vllm_version):
