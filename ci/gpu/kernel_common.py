@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vllm_autoround.format.packing import pack_cols
 from vllm_autoround.kernels.reference import dequantize
@@ -92,6 +96,35 @@ def time_runs(rows: list, label: str, x: torch.Tensor, ck: dict, preps: list, ru
         rows.append(row)
         print(f"{label:34} {kernel:52} {us:8.1f} us  x{bf16 / us:.2f} bf16 ({bf16:.1f})  err {err:.1e}"
               + (f" fp16 {row['rel_err_fp16']:.1e}" if "rel_err_fp16" in row else ""), flush=True)
+
+
+def sweep(a: argparse.Namespace, cases: list, ms: list[int], configs: Callable, check_fp16: Callable,
+          bandwidth: bool = False) -> None:
+    """A probe's sweep: for each ``(bits, group, sym, K, N)`` case (until ``a.budget`` seconds are spent) and M,
+    bf16 ``F.linear``, then every ``(name, config)`` of ``configs(m, bits, default)`` through the launcher
+    serving uses, checked and timed by :func:`time_runs`. The rows go to ``a.out`` after each case."""
+    from vllm_autoround.kernels.launch import run
+    from vllm_autoround.kernels.tuning import default_config, m_bucket
+
+    t0 = time.time()
+    rows: list = []
+    for bits, gs, sym, k, n in cases:
+        if time.time() - t0 > a.budget:
+            print(f"budget spent: W{bits} {k}x{n} skipped", flush=True)
+            continue
+        ck, nbytes, preps, dense = case_weights(bits, gs, sym, k, n)
+        for m in ms:
+            label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            bf16 = time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
+            rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
+            default = default_config(m_bucket(m), n, k, bits, sym, gs)
+            runs = [(kernel, c, lambda x, p, c=c: run(x, p, c)) for kernel, c in configs(m, bits, default)]
+            time_runs(rows, label, x, ck, preps, runs, bf16, check_fp16=check_fp16,
+                      **({"tb_s": nbytes / 1e6} if bandwidth else {}))
+        del preps, dense
+        torch.cuda.empty_cache()
+        Path(a.out).write_text(json.dumps(rows, indent=1))
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:

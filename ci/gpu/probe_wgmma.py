@@ -11,26 +11,18 @@ Needs an sm_90 GPU and Triton's Gluon, no vLLM::
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import kernel_common as kc  # noqa: E402
 
-from vllm_autoround.kernels.launch import run  # noqa: E402
 from vllm_autoround.kernels.tuning import (  # noqa: E402
     DEQUANT,
     WGMMA_M64,
     WGMMA_TILINGS,
-    default_config,
-    m_bucket,
     wgmma_config,
 )
 
@@ -55,28 +47,13 @@ def main() -> None:
     ap.add_argument("--tilings", help="indices into TILINGS, comma-separated (default: all)")
     a = ap.parse_args()
     cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES
-    ms = [int(m) for m in a.ms.split(",")] if a.ms else MS
     tilings = [TILINGS[int(i)] for i in a.tilings.split(",")] if a.tilings else TILINGS
-    t0 = time.time()
-    rows = []
-    for bits, gs, sym, k, n in cases:
-        if time.time() - t0 > a.budget:
-            print(f"budget spent: W{bits} {k}x{n} skipped", flush=True)
-            continue
-        ck, nbytes, preps, dense = kc.case_weights(bits, gs, sym, k, n)
-        for m in ms:
-            label = f"W{bits} g{gs} {'sym' if sym else 'asym'} {k}x{n} M={m}"
-            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            bf16 = kc.time_graph([lambda w=w, x=x: F.linear(x, w) for w in dense])
-            rows.append(dict(shape=label, kernel="bf16 F.linear", us=bf16))
-            default = default_config(m_bucket(m), n, k, bits, sym, gs)
-            cfgs = [("default " + (name(default) if default.kind == "wgmma" else default.kind), default),
-                    ("dequant+cuBLAS", DEQUANT)] + [(name(c), c) for c in tilings]
-            runs = [(kernel, c, lambda x, p, c=c: run(x, p, c)) for kernel, c in cfgs]
-            kc.time_runs(rows, label, x, ck, preps, runs, bf16, check_fp16=lambda i, cfg: i == 0)
-        del preps, dense
-        torch.cuda.empty_cache()
-        Path(a.out).write_text(json.dumps(rows, indent=1))
+
+    def configs(m, bits, default):
+        return [("default " + (name(default) if default.kind == "wgmma" else default.kind), default),
+                ("dequant+cuBLAS", DEQUANT)] + [(name(c), c) for c in tilings]
+
+    kc.sweep(a, cases, [int(m) for m in a.ms.split(",")] if a.ms else MS, configs, check_fp16=lambda i, cfg: i == 0)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from vllm_autoround.kernels.gluon_api import (
     tma_load,
 )
 from vllm_autoround.kernels.layout import INTERLEAVE, block_k, slices_per_block
+from vllm_autoround.kernels.triton_kernels import _gemv_field
 
 BITS_SUPPORTED = (2, 4, 8)
 
@@ -42,24 +43,8 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _field(w, J: gl.constexpr, BITS: gl.constexpr, opaque_zero):
-        """``(magic + code, magic)`` of slice J as float32, ``magic = 2**(23 - pos)`` ≤ 512.
-
-        The fields of a word are taken in chunks of 8 // BITS; one shift per chunk (shared by its fields)
-        moves the chunk's top field to end at bit 22, then one LOP3 keeps a field and sets the exponent.
-        ``opaque_zero`` (0 at run time) keeps the exponent in a register instead of in every LOP3.
-        """
-        C: gl.constexpr = 8 // BITS
-        TOP: gl.constexpr = BITS * (J // C * C + C - 1)
-        SHIFT: gl.constexpr = 23 - BITS - TOP
-        POS: gl.constexpr = BITS * J + SHIFT
-        if SHIFT > 0:
-            src = w << SHIFT
-        elif SHIFT < 0:
-            src = w >> (-SHIFT)
-        else:
-            src = w
-        v = (src & (((1 << BITS) - 1) << POS)) | (opaque_zero + ((150 - POS) << 23))
-        return v.to(gl.float32, bitcast=True), (1 << (23 - POS)) * 1.0
+        """``(magic + code, magic)`` of slice J: the Triton gemv's decode (``triton_kernels._gemv_field``)."""
+        return _gemv_field(w, w, w, J, BITS, opaque_zero)
 
     @gluon.jit
     def _issue(w_desc, x_desc, s_desc, z_desc, w_smem, x_smem, s_smem, z_smem, bar, b, st, off_n, x_row,
