@@ -29,3 +29,15 @@ def test_an_engine_that_resolved_another_method_is_an_error():
         plugin.require_plugin(inc)
     ours = SimpleNamespace(model_config=SimpleNamespace(quantization="auto_round"))
     plugin.require_plugin(ours)  # an LLMEngine directly
+
+
+def test_a_server_for_our_method_does_not_start_without_the_plugin(monkeypatch, tmp_path):
+    """`VLLMServer(..., quantization="auto_round")` (the demo, bench_compare and the e2e tests) checks the entry
+    point before it starts vLLM, rather than measuring vLLM's own loader under our name."""
+    from vllm_autoround.serving.launch import VLLMServer
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [])
+    server = VLLMServer(tmp_path, quantization="auto_round", log_path=tmp_path / "log")
+    with pytest.raises(RuntimeError, match="entry point"):
+        server.__enter__()
+    assert server.process is None

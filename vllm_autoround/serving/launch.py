@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from vllm_autoround.serving.plugin import METHOD_NAME, require_plugin
+
 HOST = "127.0.0.1"
 
 
@@ -68,6 +70,7 @@ class VLLMServer:
         log_path: str | os.PathLike | None = None,
     ) -> None:
         self.model = str(model)
+        self.quantization = quantization
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
         self.startup_timeout = startup_timeout
@@ -84,6 +87,8 @@ class VLLMServer:
         self.startup_seconds: float | None = None
 
     def __enter__(self) -> VLLMServer:
+        if self.quantization == METHOD_NAME:
+            require_plugin()  # else vLLM's INC loader serves auto-round checkpoints in our place, silently
         start = time.monotonic()
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
