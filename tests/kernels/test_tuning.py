@@ -192,3 +192,19 @@ def test_a_candidate_whose_output_differs_from_the_default_is_never_chosen(monke
     assert chosen == good
     assert sum("differs from the default" in r.message for r in caplog.records) == 2
     assert tuning.relative_difference(ref * 1.01, ref) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_the_tuner_does_not_time_gluon_candidates_that_would_run_their_fallback():
+    """Off Hopper (here: the interpreter) a Gluon candidate runs its fallback, which is a candidate already:
+    the tuner leaves it out instead of timing the same kernel again. The default stays first either way."""
+    from vllm_autoround.kernels import launch
+
+    p = prepared(checkpoint(2, 64, True, 256, 64))
+    x = torch.randn(1, 256, dtype=torch.bfloat16)
+    assert not launch.runs_natively(x, p, tuning.tma_gemv_config(64, 4))
+    assert not launch.runs_natively(x, p, tuning.wgmma_config(128, 128, 1))
+    assert launch.runs_natively(x, p, launch.GEMV_DEFAULT)
+    cands = tuning.native_candidates(x, p)
+    assert cands[0] == default_config(1, 64, 256, 2, True, 64) and cands[0].kind == "tma_gemv"
+    assert all(c.kind not in ("tma_gemv", "wgmma") for c in cands[1:]) and launch.GEMV_DEFAULT in cands
+    assert len(cands) < len(candidates(1, 64, 256, 2, True, 64))

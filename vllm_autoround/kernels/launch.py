@@ -191,6 +191,18 @@ _FAILED_GLUON: set[KernelConfig] = set()
 SMALL_M_REDUCE = 64
 
 
+def runs_natively(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig) -> bool:
+    """Whether ``cfg`` runs its own kernel on this input rather than its fallback (the Gluon kernels need a
+    Hopper GPU, a Triton with Gluon, and shapes their TMA loads can address). The tuner times only those: a
+    fallback is timed as a candidate of its own."""
+    if cfg.kind == "wgmma":
+        return not tk.INTERPRETED and wg.supported(x, p.bits, _group_constexpr(p))
+    if cfg.kind == "tma_gemv":
+        return not tk.INTERPRETED and tg.supported(x, p.bits, _group_constexpr(p), p.in_features, p.out_features,
+                                                   p.zeros, cfg.block_n)
+    return True
+
+
 def _gluon_or_fallback(cfg: KernelConfig, p: PreparedWeight, launch, fallback):
     """Run a Gluon kernel's launch; if it raises, report it once and run ``fallback`` for that tiling from then on.
 
@@ -214,7 +226,7 @@ def wgmma(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tens
     def fallback():
         return dequant_matmul(x, p, KernelConfig(kind="dequant"), out)
 
-    if tk.INTERPRETED or cfg in _FAILED_GLUON or not wg.supported(x, p.bits, _group_constexpr(p)):
+    if cfg in _FAILED_GLUON or not runs_natively(x, p, cfg):
         return fallback()
     m, n = x.shape[0], p.out_features
     out = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
@@ -239,8 +251,7 @@ def tma_gemv(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.T
     def fallback():
         return gemv(x, p, GEMV_DEFAULT, out)
 
-    if tk.INTERPRETED or cfg in _FAILED_GLUON or x.shape[0] == 0 or not tg.supported(
-            x, p.bits, _group_constexpr(p), p.in_features, p.out_features, p.zeros, cfg.block_n):
+    if cfg in _FAILED_GLUON or x.shape[0] == 0 or not runs_natively(x, p, cfg):
         return fallback()
     m, n = x.shape[0], p.out_features
     out = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out

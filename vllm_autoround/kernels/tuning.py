@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from vllm_autoround.format.files import write_text_atomic
-from vllm_autoround.kernels.launch import GEMV_DEFAULT, KernelConfig, run
+from vllm_autoround.kernels.launch import GEMV_DEFAULT, KernelConfig, run, runs_natively
 from vllm_autoround.kernels.layout import PreparedWeight, block_k
 from vllm_autoround.kernels.timing import graph_time_us, rotated_copies
 
@@ -228,6 +228,14 @@ def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True, group_size:
     return seen
 
 
+def native_candidates(x: torch.Tensor, p: PreparedWeight) -> list[KernelConfig]:
+    """The M bucket's candidates for this call, the default first; the others only where they run their own
+    kernel (a Gluon candidate off Hopper runs its fallback, another candidate: timing it again is waste)."""
+    cands = candidates(m_bucket(x.shape[0]), p.out_features, p.in_features, p.bits, p.zero_point >= 0,
+                       p.group_size)
+    return cands[:1] + [c for c in cands[1:] if runs_natively(x, p, c)]
+
+
 @lru_cache(maxsize=16)
 def _device_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
@@ -298,8 +306,7 @@ class Tuner:
         mb = m_bucket(x.shape[0])
         if not self.enabled() or x.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
             return default_config(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0, p.group_size)
-        cfg = self._tune(x, p, candidates(mb, p.out_features, p.in_features, p.bits, p.zero_point >= 0,
-                                          p.group_size))
+        cfg = self._tune(x, p, native_candidates(x, p))
         with self._lock:
             self._cache[key] = cfg
             self._save()
