@@ -5,15 +5,17 @@ ahead at most, so its memory latency is covered only by the programs sharing an 
 streamed 2.1 TB/s against a 4.8 TB/s HBM, and W2 (half the bytes) ran no faster than W4
 (docs/kernels.md). Here a ring of STAGES shared-memory stages, filled by TMA, keeps several blocks of
 words — with their x slices and group scales — in flight per program while the threads decode from
-shared memory, whose latency is short.
+shared memory, whose latency is short. Measured on the H200 (docs/kernels.md, "A gemv fed by TMA"): faster
+for 2-bit, narrow groups and the largest layer (up to 1.36x), slower for W4 g128 on smaller layers, which
+is issue-bound rather than waiting on memory; hence the M=1 default for 2 bits and a tuner candidate else.
 
 Per weight value the arithmetic is the Triton gemv's: one LOP3 puts the field under a float32 exponent
 (``magic + code`` exactly, see :func:`_field`) and one FFMA accumulates it; a segment's magic and zero
 point are taken off once per row, ``Σ x·(magic + zero)``, before its scale is applied.
 
 Needs: Gluon, sm_90, bits 2/4/8, K a whole number of blocks (x comes through a flat ``[·, 16]`` view, so
-nothing past K may be read as zero by accident), N a multiple of 8 (16 with 8-bit zero points), x's
-row stride a multiple of 16 elements. ``supported()`` says whether a call can use it; the launcher falls
+nothing past K may be read as zero by accident), N a multiple of 8 (16 with 8-bit zero points, whose
+stage rows must also fill 128 bytes), x's row stride a multiple of 16 elements. ``supported()`` says whether a call can use it; the launcher falls
 back to the Triton gemv otherwise.
 """
 
