@@ -15,8 +15,8 @@ point are taken off once per row, ``Σ x·(magic + zero)``, before its scale is 
 
 Needs: Gluon, sm_90, bits 2/4/8, K a whole number of blocks (x comes through a flat ``[·, 16]`` view, so
 nothing past K may be read as zero by accident), N a multiple of 8 (16 with 8-bit zero points, whose
-stage rows must also fill 128 bytes), x's row stride a multiple of 16 elements. ``supported()`` says whether a call can use it; the launcher falls
-back to the Triton gemv otherwise.
+stage rows must also fill 128 bytes), x's row stride a multiple of 16 elements. ``supported()`` says
+whether a call can use it; the launcher falls back to the Triton gemv otherwise.
 """
 
 from __future__ import annotations
