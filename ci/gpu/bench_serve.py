@@ -7,7 +7,8 @@ process through vLLM's offline engine with its defaults (torch.compile, CUDA gra
     python ci/gpu/bench_serve.py --work /tmp/bench_serve --configs bf16,builtin_w4,ours_w4,ours_w3,ours_w2
 
 Results accumulate in WORK/results/*.json, so the configurations can be split over several calls;
-every call prints the table of what has been measured so far. ``--budget SECONDS`` stops before a
+every call prints the table of what has been measured so far. A configuration with a result is kept (and
+said so) unless ``--remeasure`` is given. ``--budget SECONDS`` stops before a
 configuration that would not finish in time (judged by the slowest one so far), so that a call under a
 wall-clock limit still prints its table and copies its results to $OUT.
 """
@@ -209,6 +210,8 @@ def main() -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--budget", type=float, help="seconds; configurations that would not fit are left for "
                                                      "a later call")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure the listed configurations again even where WORK/results has them")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
@@ -226,7 +229,11 @@ def main() -> int:
     slowest = None
     for name in configs:
         if (results_dir / f"{name}.json").exists():
-            continue
+            if not args.remeasure:
+                print(f"{name}: kept from an earlier call ({results_dir / (name + '.json')}); --remeasure measures "
+                      "it again", flush=True)
+                continue
+            (results_dir / f"{name}.json").unlink()
         if not next_config_fits(time.monotonic() - start, slowest, args.budget):
             print(f"budget of {args.budget:.0f} s reached: {name} and later configurations left for another call",
                   flush=True)

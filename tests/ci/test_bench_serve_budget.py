@@ -42,3 +42,30 @@ def test_budget_leaves_the_configurations_that_would_not_fit(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "ours_w4 and later configurations left for another call" in out
     assert "TABLE bf16,builtin_w4" in out
+
+
+def test_kept_results_are_announced_and_remeasure_runs_them_again(tmp_path, monkeypatch, capsys):
+    """A second call for a configuration that already has a result used to reprint the old table without a
+    word (2026-12-04): it now says so, and --remeasure measures it again."""
+    ran = []
+
+    def fake_run(cmd, env=None):
+        name = cmd[cmd.index("--one") + 1]
+        ran.append(name)
+        (tmp_path / "results" / f"{name}.json").write_text('{"new": 1}')
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
+    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
+    monkeypatch.setattr(bench_serve, "report", lambda results_dir: "TABLE")
+    monkeypatch.delenv("OUT", raising=False)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "ours_w4.json").write_text('{"old": 1}')
+    args = ["bench_serve.py", "--work", str(tmp_path), "--configs", "ours_w4"]
+    monkeypatch.setattr(sys, "argv", args)
+    assert bench_serve.main() == 0 and ran == []
+    assert "ours_w4: kept from an earlier call" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", args + ["--remeasure"])
+    assert bench_serve.main() == 0 and ran == ["ours_w4"]
+    assert (tmp_path / "results" / "ours_w4.json").read_text() == '{"new": 1}'
