@@ -202,7 +202,7 @@ def test_tma_gemv_choice_falls_back_to_the_triton_gemv_where_gluon_cannot_run(in
     _check(scheme, tma_gemv_config(64, 4), m=3, seed=22)
 
 
-def test_tma_gemv_declines_what_its_tma_loads_cannot_address():
+def test_tma_gemv_declines_what_its_tma_loads_cannot_address(monkeypatch):
     """What ``tma_gemv.supported`` turns down, each for a reason TMA or the flat x view imposes; checked
     without a GPU through the shape rules alone (the device check comes last)."""
     from vllm_autoround.kernels import tma_gemv
@@ -222,18 +222,14 @@ def test_tma_gemv_declines_what_its_tma_loads_cannot_address():
         def __getattr__(self, name):
             return getattr(cuda_x, name)
 
-    rules = tma_gemv._is_hopper
-    tma_gemv._is_hopper = lambda index: True
-    try:
-        assert tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096)
-        assert not tma_gemv.supported(OnCuda(), 4, 128, 4000, 4096)  # K not whole 128-value blocks
-        assert not tma_gemv.supported(OnCuda(), 4, 128, 4096, 4100)  # N rows not 16-byte aligned
-        zeros8 = torch.zeros(32, 4096, dtype=torch.uint8)
-        assert tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096, zeros8, block_n=128)
-        assert not tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096, zeros8, block_n=64)  # 64-byte zero rows
-        assert tma_gemv.supported(OnCuda(), 4, 32, 4096, 4096, zeros8, block_n=64)  # 4 groups per block: 256 B
-    finally:
-        tma_gemv._is_hopper = rules
+    monkeypatch.setattr(tma_gemv, "is_hopper", lambda index: True)
+    assert tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096)
+    assert not tma_gemv.supported(OnCuda(), 4, 128, 4000, 4096)  # K not whole 128-value blocks
+    assert not tma_gemv.supported(OnCuda(), 4, 128, 4096, 4100)  # N rows not 16-byte aligned
+    zeros8 = torch.zeros(32, 4096, dtype=torch.uint8)
+    assert tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096, zeros8, block_n=128)
+    assert not tma_gemv.supported(OnCuda(), 4, 128, 4096, 4096, zeros8, block_n=64)  # 64-byte zero rows
+    assert tma_gemv.supported(OnCuda(), 4, 32, 4096, 4096, zeros8, block_n=64)  # 4 groups per block: 256 B
 
 
 def test_wgmma_failure_is_reported_once_and_falls_back(interpreter, monkeypatch, caplog):

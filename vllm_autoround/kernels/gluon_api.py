@@ -7,6 +7,10 @@ machine has Triton 3.6, CI 3.9). ``HAVE_GLUON`` is False where it cannot be impo
 
 from __future__ import annotations
 
+import functools
+
+import torch
+
 try:
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -37,5 +41,13 @@ if HAVE_GLUON:
 else:  # pragma: no cover
     reinterpret = None
 
-__all__ = ["HAVE_GLUON", "TensorDescriptor", "gl", "gluon", "mbarrier", "reinterpret", "thread_barrier", "tma",
-           "tma_load", "warpgroup_mma", "warpgroup_mma_wait"]
+
+
+@functools.cache
+def is_hopper(device_index: int) -> bool:
+    """Whether the GPU is sm_90, the only architecture the Gluon kernels are written for (cached per device)."""
+    return torch.cuda.get_device_capability(device_index)[0] == 9
+
+
+__all__ = ["HAVE_GLUON", "TensorDescriptor", "gl", "gluon", "is_hopper", "mbarrier", "reinterpret",
+           "thread_barrier", "tma", "tma_load", "warpgroup_mma", "warpgroup_mma_wait"]

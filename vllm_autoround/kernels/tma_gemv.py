@@ -30,6 +30,7 @@ from vllm_autoround.kernels.gluon_api import (
     TensorDescriptor,
     gl,
     gluon,
+    is_hopper,
     mbarrier,
     reinterpret,
     thread_barrier,
@@ -41,6 +42,8 @@ from vllm_autoround.kernels.triton_kernels import _gemv_field
 BITS_SUPPORTED = (2, 4, 8)
 
 if HAVE_GLUON:
+    from vllm_autoround.kernels.wgmma_gemm import store_tile
+
     R = gl.constexpr(INTERLEAVE)
 
     @gluon.jit
@@ -159,27 +162,8 @@ if HAVE_GLUON:
         y = gl.sum(acc, axis=0)
         if GS <= 0:
             y = y * s_all
-        out_ptrs = out_ptr + m * stride_om + offs_n
-        if not SPLIT:
-            if HAS_BIAS:
-                y += gl.load(b_ptr + offs_n, mask=n_mask, other=0).to(gl.float32)
-            gl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=n_mask)
-        else:
-            tile = m * gl.num_programs(0) + pid_n
-            part_ptrs = part_ptr + m * N + offs_n
-            gl.store(part_ptrs + pid_k * M * N, y, mask=n_mask)
-            thread_barrier()
-            arrived = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-            if arrived == split_k - 1:
-                thread_barrier()
-                total = gl.zeros_like(y)
-                for sp in range(split_k):
-                    total += gl.load(part_ptrs + sp * M * N, mask=n_mask, other=0, cache_modifier=".cg")
-                if HAS_BIAS:
-                    total += gl.load(b_ptr + offs_n, mask=n_mask, other=0).to(gl.float32)
-                gl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=n_mask)
-                gl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
-
+        store_tile(y, out_ptr + m * stride_om + offs_n, part_ptr + m * N + offs_n, n_mask, b_ptr + offs_n, M * N,
+                    cnt_ptr, m * gl.num_programs(0) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT, True)
 
 def supported(x: torch.Tensor, bits: int, group_size: int, in_features: int, out_features: int,
               zeros: torch.Tensor | None = None, block_n: int = 128) -> bool:
@@ -193,7 +177,7 @@ def supported(x: torch.Tensor, bits: int, group_size: int, in_features: int, out
     bk = block_k(bits)
     if in_features % bk or (group_size > 0 and bk % group_size and group_size % bk):
         return False
-    scale_rows = bk // group_size if 0 < group_size < bk else 1
+    scale_rows = _scale_rows(bits, group_size)
     for t in (zeros,) if zeros is not None and zeros.numel() else ():
         if out_features * t.element_size() % 16 or scale_rows * block_n * t.element_size() % 128:
             return False
@@ -201,12 +185,13 @@ def supported(x: torch.Tensor, bits: int, group_size: int, in_features: int, out
         return False
     if x.stride(1) != 1 or x.stride(0) % INTERLEAVE or x.data_ptr() % 16:
         return False
-    return _is_hopper(x.device.index or 0)
+    return is_hopper(x.device.index or 0)
 
 
-@functools.cache
-def _is_hopper(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] == 9
+def _scale_rows(bits: int, group_size: int) -> int:
+    """Rows of scales (and zero points) one K block uses: its groups, or the one group it lies in."""
+    bk = block_k(bits)
+    return bk // group_size if 0 < group_size < bk else 1
 
 
 @functools.cache
@@ -242,7 +227,7 @@ def tma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros
         raise ValueError(f"tma_gemv: {n_tiles * m} tiles need more split-K counters than the {counters.numel()} given")
     x_rows = ((m - 1) * x.stride(0) + in_features) // INTERLEAVE
     x_flat = x.as_strided((x_rows, INTERLEAVE), (INTERLEAVE, 1))
-    scale_rows = bk // group_size if 0 < group_size < bk else 1
+    scale_rows = _scale_rows(bits, group_size)
     w_desc = _descriptor(qweight, [INTERLEAVE, block_n])
     x_desc = _descriptor(x_flat, [ns, INTERLEAVE])
     s_desc = _descriptor(scales, [scale_rows, block_n])

@@ -30,6 +30,7 @@ from vllm_autoround.kernels.gluon_api import (
     TensorDescriptor,
     gl,
     gluon,
+    is_hopper,
     mbarrier,
     thread_barrier,
     tma_load,
@@ -193,16 +194,17 @@ if HAVE_GLUON:
         on = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, out_layout))
         mask = gl.expand_dims(om < M, 0) & gl.expand_dims(on < N, 1)
-        _store_tile(y, out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1),
+        store_tile(y, out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1),
                     part_ptr + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1), mask,
                     b_ptr + gl.expand_dims(on, 1) + gl.expand_dims(om, 0) * 0, M * N, cnt_ptr,
                     pid_m * gl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT, REDUCE)
 
     @gluon.jit
-    def _store_tile(y, out_ptrs, part_ptrs, mask, bias_ptrs, part_stride, cnt_ptr, tile, pid_k, split_k,
+    def store_tile(y, out_ptrs, part_ptrs, mask, bias_ptrs, part_stride, cnt_ptr, tile, pid_k, split_k,
                     HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, REDUCE: gl.constexpr):
-        """Write a float32 tile (+ bias). SPLIT: store this split's partial; REDUCE too: the last split to arrive
-        at the tile (an atomic counter, handed back zero) sums the partials and writes the tile."""
+        """Write a float32 tile (+ bias), any shape and layout (the TMA gemv's row vector too). SPLIT: store this
+        split's partial; REDUCE too: the last split to arrive at the tile (an atomic counter, handed back zero)
+        sums the partials and writes the tile."""
         if SPLIT:
             gl.store(part_ptrs + pid_k * part_stride, y, mask=mask)
             if REDUCE:
@@ -232,14 +234,9 @@ def supported(x: torch.Tensor, bits: int, group_size: int) -> bool:
         return False
     if x.dtype not in (torch.bfloat16, torch.float16) or x.dim() != 2 or x.stride(1) != 1:
         return False
-    if not _is_hopper(x.device.index or 0):
+    if not is_hopper(x.device.index or 0):
         return False
     return (x.stride(0) * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0
-
-
-@functools.cache
-def _is_hopper(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
 @functools.cache
