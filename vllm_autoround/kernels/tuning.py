@@ -84,9 +84,9 @@ DEQUANT = KernelConfig("dequant", block_n=128, num_warps=4)
 # weights (N x K) from which the Gluon kernel is the default at M=256: the smallest measured layer it beat
 WGMMA_MIN_WEIGHTS = 4096 * 14336
 # the Gluon kernel's tilings (Hopper; dequantize + cuBLAS elsewhere; docs/kernels.md, "A Gluon kernel for large
-# M"): 128 x 128 needs 142 registers, so one 8-warp program per SM; waves 2 splits K for narrow N. The register
-# cap is not timed yet: at 128 registers two programs fit, as the serialized version had when it led at M=128;
-# ptxas keeps the MMAs asynchronous and spills little, outside the MMAs.
+# M"): 128 x 128 needs 142 registers, so one 8-warp program per SM; waves 2 splits K for narrow N. Capped at 128
+# registers two programs fit (ptxas keeps the MMAs asynchronous): the M=128 default for large W4 g128 layers
+# since the sixth session (default_config).
 WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_config(128, 128, 2),
                  wgmma_config(128, 64, 1, warps=4, stages=3), wgmma_config(128, 128, 1, stages=3),
                  wgmma_config(128, 128, 1, max_registers=128))
