@@ -110,21 +110,15 @@ def config_names(parser: argparse.ArgumentParser, text: str) -> list[str]:
 
 
 def make_llm(work: Path, name: str, **extra):
-    """The offline engine of one configuration, with vLLM's defaults except the captured batch sizes."""
-    from vllm import LLM
-
-    from vllm_autoround.serving.plugin import METHOD_NAME, require_plugin
+    """The offline engine of one configuration, with vLLM's defaults except the captured batch sizes. Ours is
+    checked to run this plugin: else vLLM's own INC loader would serve "ours" without a word (2026-12-04)."""
+    from vllm_autoround.serving.plugin import checked_llm
 
     ckpt, quantization = CONFIGS[name]
-    if quantization == METHOD_NAME:
-        require_plugin()  # else vLLM's own INC loader would serve "ours" without a word (2026-12-04)
     # CUDA graphs captured for exactly the batch sizes measured: vLLM's defaults otherwise, faster to start.
-    llm = LLM(model=str(work / ckpt), quantization=quantization, dtype="bfloat16", max_model_len=1024,
-              gpu_memory_utilization=0.85, seed=0, max_num_seqs=256,
-              compilation_config={"cudagraph_capture_sizes": list(BATCHES) + [AGREE_PROMPTS, 4]}, **extra)
-    if quantization == METHOD_NAME:
-        require_plugin(llm)
-    return llm
+    return checked_llm(model=str(work / ckpt), quantization=quantization, dtype="bfloat16", max_model_len=1024,
+                       gpu_memory_utilization=0.85, seed=0, max_num_seqs=256,
+                       compilation_config={"cudagraph_capture_sizes": list(BATCHES) + [AGREE_PROMPTS, 4]}, **extra)
 
 
 def run_one(work: Path, name: str) -> dict:

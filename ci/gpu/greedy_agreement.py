@@ -41,16 +41,12 @@ def prompt_ids(model: Path) -> list[list[int]]:
 
 def generate(checkpoint: Path, quantization: str | None, prompts: list[list[int]]) -> dict[str, list]:
     """Greedy tokens and, per token, the engine's own log-probability of it."""
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    from vllm_autoround.serving.plugin import METHOD_NAME, require_plugin
+    from vllm_autoround.serving.plugin import checked_llm
 
-    if quantization == METHOD_NAME:
-        require_plugin()
-    llm = LLM(model=str(checkpoint), quantization=quantization, dtype="bfloat16", max_model_len=512,
-              gpu_memory_utilization=0.5, seed=0)
-    if quantization == METHOD_NAME:
-        require_plugin(llm)
+    llm = checked_llm(model=str(checkpoint), quantization=quantization, dtype="bfloat16", max_model_len=512,
+                      gpu_memory_utilization=0.5, seed=0)
     params = SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True, temperature=0.0, logprobs=1)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     tokens = [list(o.outputs[0].token_ids) for o in outs]

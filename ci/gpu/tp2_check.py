@@ -28,16 +28,14 @@ PROMPTS, TOKENS = 8, 32
 
 
 def run_one(ckpt: Path, tp: int) -> dict:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    from vllm_autoround.serving.plugin import require_plugin
+    from vllm_autoround.serving.plugin import checked_llm
 
-    require_plugin()
     start = time.monotonic()
-    llm = LLM(model=str(ckpt), quantization="auto_round", dtype="bfloat16", max_model_len=512,
-              gpu_memory_utilization=0.8, seed=0, tensor_parallel_size=tp,
-              compilation_config={"cudagraph_capture_sizes": [1, 8]})
-    require_plugin(llm)
+    llm = checked_llm(model=str(ckpt), quantization="auto_round", dtype="bfloat16", max_model_len=512,
+                      gpu_memory_utilization=0.8, seed=0, tensor_parallel_size=tp,
+                      compilation_config={"cudagraph_capture_sizes": [1, 8]})
     startup = time.monotonic() - start
     greedy = SamplingParams(max_tokens=TOKENS, ignore_eos=True, temperature=0.0)
     outs = llm.generate(prompts(PROMPTS, 7), greedy, use_tqdm=False)

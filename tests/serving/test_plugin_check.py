@@ -41,3 +41,22 @@ def test_a_server_for_our_method_does_not_start_without_the_plugin(monkeypatch, 
     with pytest.raises(RuntimeError, match="entry point"):
         server.__enter__()
     assert server.process is None
+
+
+def test_checked_llm_checks_our_method_before_and_after_and_leaves_others_alone(monkeypatch):
+    """The GPU scripts' engine factory: our method must resolve to our plugin; vLLM's own loaders are built as
+    asked (the engine is faked here, so only the checks run)."""
+    vllm = pytest.importorskip("vllm")
+    resolved = {}
+
+    class FakeLLM:
+        def __init__(self, quantization=None, **kwargs):
+            self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(quantization=resolved["method"]))
+
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    resolved["method"] = "auto_round"
+    assert isinstance(plugin.checked_llm(quantization="auto_round", model="m"), FakeLLM)
+    resolved["method"] = "inc"
+    with pytest.raises(RuntimeError, match="'inc'"):
+        plugin.checked_llm(quantization="auto_round", model="m")
+    assert isinstance(plugin.checked_llm(quantization=None, model="m"), FakeLLM)  # the built-in loader's row

@@ -42,3 +42,17 @@ def require_plugin(engine=None) -> None:
     if engine is not None and resolved != METHOD_NAME:
         raise RuntimeError(f"vLLM resolved the quantization method to {resolved!r}, not {METHOD_NAME!r}: "
                            "this engine does not run vllm_autoround's kernels")
+
+
+def checked_llm(quantization: str | None = None, **kwargs):
+    """``vllm.LLM(quantization=quantization, **kwargs)``; for this plugin's method, :func:`require_plugin` before
+    it starts (no engine under a false name) and after (the method vLLM resolved)."""
+    from vllm import LLM
+
+    ours = quantization == METHOD_NAME
+    if ours:
+        require_plugin()
+    llm = LLM(quantization=quantization, **kwargs)
+    if ours:
+        require_plugin(llm)
+    return llm
