@@ -60,3 +60,48 @@ def test_checked_llm_checks_our_method_before_and_after_and_leaves_others_alone(
     with pytest.raises(RuntimeError, match="'inc'"):
         plugin.checked_llm(quantization="auto_round", model="m")
     assert isinstance(plugin.checked_llm(quantization=None, model="m"), FakeLLM)  # the built-in loader's row
+
+
+FAKE_SERVE = """
+import http.server, sys
+print("INFO [core.py:117] Initializing a V1 LLM engine (v0.26.0) with config: model='m', dtype=torch.bfloat16, "
+      f"quantization={sys.argv[2]}, enforce_eager=True", flush=True)
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("resolved", ["inc", "auto_round"])
+def test_a_server_checks_the_method_its_engine_resolved(tmp_path, resolved):
+    """After the start, the engine's config line must name our method (a stand-in server logs it as vLLM does):
+    the entry-point check before the start cannot see what vLLM resolved."""
+    import sys
+
+    from vllm_autoround.serving.launch import VLLMServer
+
+    script = tmp_path / "fake_serve.py"
+    script.write_text(FAKE_SERVE)
+    server = VLLMServer(tmp_path, quantization="auto_round", log_path=tmp_path / "log", startup_timeout=30)
+    server.args = [sys.executable, str(script), str(server.port), resolved]
+    if resolved == "inc":
+        with pytest.raises(RuntimeError, match="resolved the quantization method to 'inc'"):
+            server.__enter__()
+        assert server.process.poll() is not None  # stopped, not left running
+    else:
+        with server:
+            assert server.startup_seconds is not None
+
+
+def test_the_config_line_of_both_vllm_versions_names_the_method():
+    from vllm_autoround.serving.launch import resolved_quantization
+
+    line = ("(EngineCore pid=887) INFO 12-04 18:42:41 [core.py:134] Initializing a V1 LLM engine (v0.32.0) with "
+            "config: model='/tmp/w4', speculative_config=None, quantization=auto_round, enforce_eager=False")
+    assert resolved_quantization("noise\n" + line + "\nmore") == "auto_round"
+    assert resolved_quantization(line.replace("auto_round", "inc")) == "inc"
+    assert resolved_quantization("no engine started") is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,6 +55,12 @@ def serve_command() -> list[str]:
                 "--model"]
 
 
+def resolved_quantization(log: str) -> str | None:
+    """The quantization method in the engine's "Initializing a V1 LLM engine ... with config:" line."""
+    found = re.search(r"with config: .*?\bquantization=([^,\s]+)", log)
+    return found.group(1) if found else None
+
+
 class VLLMServer:
     """Context manager around one ``vllm serve`` process; ``base_url`` is its OpenAI endpoint."""
 
@@ -87,15 +94,20 @@ class VLLMServer:
         self.startup_seconds: float | None = None
 
     def __enter__(self) -> VLLMServer:
+        env = self.env
         if self.quantization == METHOD_NAME:
             require_plugin()  # else vLLM's INC loader serves auto-round checkpoints in our place, silently
+            if env.get("VLLM_LOGGING_LEVEL", "INFO").upper() not in ("INFO", "DEBUG"):
+                env = dict(env, VLLM_LOGGING_LEVEL="INFO")  # the engine's config line names the method it chose
         start = time.monotonic()
         log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._log = log
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         try:
             self._wait_ready(start)
+            if self.quantization == METHOD_NAME:
+                self._check_resolved_method()
         except BaseException:
             self.stop()
             raise
@@ -119,6 +131,16 @@ class VLLMServer:
             time.sleep(0.5)
         raise TimeoutError(f"vllm serve was not ready after {self.startup_timeout:.0f} s; log {self.log_path}:\n"
                            f"{self.log_tail()}")
+
+    def _check_resolved_method(self) -> None:
+        """Raise unless the engine's config line (vLLM 0.26 and 0.32 log it at INFO) names our method: the plugin
+        check before the start cannot see what vLLM resolved."""
+        self._log.flush()
+        resolved = resolved_quantization(self.log_path.read_text(errors="replace"))
+        if resolved != METHOD_NAME:
+            found = f"resolved the quantization method to {resolved!r}" if resolved else \
+                "logged no engine config line naming its quantization method"
+            raise RuntimeError(f"vllm serve {found}, not {METHOD_NAME!r}; log {self.log_path}")
 
     def log_tail(self, lines: int = 40) -> str:
         try:
