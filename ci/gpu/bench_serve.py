@@ -11,6 +11,11 @@ every call prints the table of what has been measured so far. A configuration wi
 said so) unless ``--remeasure`` is given. ``--budget SECONDS`` stops before a
 configuration that would not finish in time (judged by the slowest one so far), so that a call under a
 wall-clock limit still prints its table and copies its results to $OUT.
+
+``--rounds R`` measures every configuration R times, the order reversed in every other round (A B, B A, …),
+and the table reports the median over rounds. Why: on the H200 the same engine measured up to 37% apart
+depending on whether it started first or second in a call (2026-12-04, seventh session), so one pass per
+configuration can show an order effect as a loader's speed.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ CONFIGS = {  # name: (checkpoint, --quantization)
     "ours_w2": ("w2g64", "auto_round"),
 }
 CHECKPOINTS = {"w4g128": ("4", "128"), "w3g64": ("3", "64"), "w2g64": ("2", "64")}
+# the pair whose greedy agreement issue 5 asks for: whichever runs second also scores the other's tokens
+PARTNERS = {"ours_w4": "builtin_w4", "builtin_w4": "ours_w4"}
 
 
 def build_model(path: Path, layers: int = 16) -> None:
@@ -150,10 +157,44 @@ def run_one(work: Path, name: str) -> dict:
         result.setdefault("tok_s_runs", {})[str(batch)] = runs
         print(f"{name} batch {batch}: {result['tok_s'][str(batch)]:.0f} tok/s (median of "
               + ", ".join(f"{r:.0f}" for r in runs) + ")", flush=True)
-    outs = llm.generate(prompts(AGREE_PROMPTS, 7), SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True,
-                                                                  temperature=0.0), use_tqdm=False)
+    agree_prompts = prompts(AGREE_PROMPTS, 7)
+    outs = llm.generate(agree_prompts, SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True, temperature=0.0),
+                        use_tqdm=False)
     result["greedy"] = [list(o.outputs[0].token_ids) for o in outs]
+    partner = work / "results" / f"{PARTNERS.get(name)}.json"
+    if name in PARTNERS and partner.exists():
+        theirs = json.loads(partner.read_text())["greedy"]
+        result["forced"] = {"partner": PARTNERS[name], **score_partner(llm, agree_prompts, theirs)}
     return result
+
+
+def score_partner(llm, agree_prompts: list[dict], theirs: list[list[int]]) -> dict:
+    """This engine's own greedy choice at every position of the partner's greedy sequences (teacher-forced:
+    both engines see the same context), so that one early near-tie does not decide the whole sequence."""
+    from vllm import SamplingParams
+
+    inputs = [{"prompt_token_ids": p["prompt_token_ids"] + t} for p, t in zip(agree_prompts, theirs, strict=True)]
+    outs = llm.generate(inputs, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1), use_tqdm=False)
+    return forced_agreement([o.prompt_logprobs for o in outs], PROMPT_LEN, theirs)
+
+
+def forced_agreement(prompt_logprobs: list[list], prompt_len: int, theirs: list[list[int]]) -> dict:
+    """From vLLM prompt log-probabilities over ``prompt + theirs``: the share of the partner's tokens that are
+    this engine's top choice too, and at each disagreement the log-probability gap between this engine's top
+    token and the partner's (near 0: a near-tie that rounding can flip)."""
+    matches, total, gaps = 0, 0, []
+    for seq, (entries, tokens) in enumerate(zip(prompt_logprobs, theirs, strict=True)):
+        for j, token in enumerate(tokens):
+            entry = entries[prompt_len + j] if entries is not None and prompt_len + j < len(entries) else None
+            if not entry or token not in entry:
+                raise RuntimeError(f"no prompt log-probability for prompt {seq}, generated position {j}: "
+                                   "was the prefix cache read?")
+            total += 1
+            if entry[token].rank == 1:
+                matches += 1
+            else:
+                gaps.append(max(lp.logprob for lp in entry.values()) - entry[token].logprob)
+    return {"share": matches / total, "tokens": total, "gaps": gaps}
 
 
 def first_divergences(a: list[list[int]], b: list[list[int]]) -> list[int]:
@@ -167,24 +208,55 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(first_divergences(a, b)) / sum(len(x) for x in a)
 
 
+def result_path(results_dir: Path, name: str, round_no: int = 1) -> Path:
+    """Round 1 keeps the plain name, so results of calls made before ``--rounds`` still read."""
+    return results_dir / (f"{name}.json" if round_no == 1 else f"{name}.round{round_no}.json")
+
+
+def load_results(results_dir: Path) -> dict[str, list[dict]]:
+    """Every round's result per configuration, round 1 first."""
+    grouped: dict[str, list[tuple[int, dict]]] = {}
+    for p in results_dir.glob("*.json"):
+        name, _, round_no = p.stem.partition(".round")
+        grouped.setdefault(name, []).append((int(round_no or 1), json.loads(p.read_text())))
+    return {name: [r for _, r in sorted(rounds, key=lambda x: x[0])] for name, rounds in grouped.items()}
+
+
+def median_tok_s(rounds: list[dict]) -> dict[str, float]:
+    return {str(b): statistics.median(r["tok_s"][str(b)] for r in rounds) for b in BATCHES}
+
+
 def report(results_dir: Path) -> str:
-    results = {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
-    lines = ["| config | startup s | " + " | ".join(f"batch {b} tok/s" for b in BATCHES) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in BATCHES) + " |"]
+    grouped = load_results(results_dir)
+    speeds = {name: median_tok_s(rounds) for name, rounds in grouped.items()}
+    results = {name: rounds[0] for name, rounds in grouped.items()}  # greedy tokens and scores: round 1
+    lines = ["| config | rounds | startup s | " + " | ".join(f"batch {b} tok/s" for b in BATCHES) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in BATCHES) + " |"]
     for name in CONFIGS:
-        if name in results:
-            r = results[name]
-            lines.append(f"| {name} | {r['startup_s']:.0f} | " +
-                         " | ".join(f"{r['tok_s'][str(b)]:.0f}" for b in BATCHES) + " |")
+        if name in grouped:
+            rounds = grouped[name]
+            per_round = (" (" + ", ".join(f"{r['tok_s'][str(b)]:.0f}" for r in rounds) + ")" if len(rounds) > 1
+                         else "" for b in BATCHES)
+            lines.append(f"| {name} | {len(rounds)} | {statistics.median(r['startup_s'] for r in rounds):.0f} | "
+                         + " | ".join(f"{speeds[name][str(b)]:.0f}{pr}" for b, pr in zip(BATCHES, per_round,
+                                                                                         strict=True)) + " |")
     for ours in ("ours_w4", "ours_w3", "ours_w2"):
         for anchor in ("builtin_w4", "bf16"):
-            if ours in results and anchor in results:
-                ratios = [results[ours]["tok_s"][str(b)] / results[anchor]["tok_s"][str(b)] for b in BATCHES]
-                lines.append(f"| {ours} / {anchor} | | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+            if ours in speeds and anchor in speeds:
+                ratios = [speeds[ours][str(b)] / speeds[anchor][str(b)] for b in BATCHES]
+                lines.append(f"| {ours} / {anchor} | | | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
     if "ours_w4" in results and "builtin_w4" in results:
         share = agreement(results["ours_w4"]["greedy"], results["builtin_w4"]["greedy"])
         lines.append(f"\ngreedy agreement ours_w4 vs builtin_w4 (tokens before first divergence, "
                      f"{AGREE_PROMPTS} prompts x {AGREE_TOKENS}): {share:.1%}")
+    for name in PARTNERS:
+        forced = results.get(name, {}).get("forced")
+        if forced:
+            gaps = forced["gaps"]
+            lines.append(f"teacher-forced: {name}'s top choice equals {forced['partner']}'s greedy token at "
+                         f"{forced['share']:.1%} of {forced['tokens']} positions"
+                         + (f"; log-prob gaps where not: max {max(gaps):.3f}, median {statistics.median(gaps):.3f}"
+                            if gaps else ""))
     return "\n".join(lines)
 
 
@@ -206,13 +278,18 @@ def main() -> int:
                                                      "a later call")
     parser.add_argument("--remeasure", action="store_true",
                         help="measure the listed configurations again even where WORK/results has them")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each configuration this many times, alternating the order; report medians")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     work = Path(args.work)
     results_dir = work / "results"
     if args.one:
         result = run_one(work, args.one)
-        (results_dir / f"{args.one}.json").write_text(json.dumps(result))
+        result_path(results_dir, args.one, args.round).write_text(json.dumps(result))
         return 0
     configs = config_names(parser, args.configs)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -220,21 +297,27 @@ def main() -> int:
     build_model(work / "bf16")
     print(f"model ready in {time.monotonic() - start:.0f} s", flush=True)
     quantize(work, configs)
+    if args.remeasure:  # rounds beyond this call's would otherwise join its medians
+        for name in configs:
+            for old in results_dir.glob(f"{name}.round*.json"):
+                if int(old.stem.partition(".round")[2]) > args.rounds:
+                    old.unlink()
     slowest = None
-    for name in configs:
-        if (results_dir / f"{name}.json").exists():
+    runs = [(name, r) for r in range(1, args.rounds + 1) for name in (configs if r % 2 else configs[::-1])]
+    for name, round_no in runs:
+        path = result_path(results_dir, name, round_no)
+        if path.exists():
             if not args.remeasure:
-                print(f"{name}: kept from an earlier call ({results_dir / (name + '.json')}); --remeasure measures "
-                      "it again", flush=True)
+                print(f"{name}: kept from an earlier call ({path}); --remeasure measures it again", flush=True)
                 continue
-            (results_dir / f"{name}.json").unlink()
+            path.unlink()
         if not next_config_fits(time.monotonic() - start, slowest, args.budget):
-            print(f"budget of {args.budget:.0f} s reached: {name} and later configurations left for another call",
-                  flush=True)
+            print(f"budget of {args.budget:.0f} s reached: {name} (round {round_no}) and later runs left for "
+                  "another call", flush=True)
             break
         began = time.monotonic()
-        proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name],
-                              env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
+        proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name, "--round",
+                               str(round_no)], env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
         slowest = max(slowest or 0.0, time.monotonic() - began)
         if proc.returncode != 0:
             print(f"{name}: failed with exit code {proc.returncode}", flush=True)

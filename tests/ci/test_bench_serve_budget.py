@@ -3,6 +3,7 @@ finish, and still prints its table (the vLLM runs themselves need the GPU machin
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -40,7 +41,7 @@ def test_budget_leaves_the_configurations_that_would_not_fit(tmp_path, monkeypat
     assert bench_serve.main() == 0
     assert ran == ["bf16", "builtin_w4"]  # 0 + 240 and 200 + 200 fit in 500 s; 400 + 200 does not
     out = capsys.readouterr().out
-    assert "ours_w4 and later configurations left for another call" in out
+    assert "ours_w4 (round 1) and later runs left for another call" in out
     assert "TABLE bf16,builtin_w4" in out
 
 
@@ -69,3 +70,39 @@ def test_kept_results_are_announced_and_remeasure_runs_them_again(tmp_path, monk
     monkeypatch.setattr(sys, "argv", args + ["--remeasure"])
     assert bench_serve.main() == 0 and ran == ["ours_w4"]
     assert (tmp_path / "results" / "ours_w4.json").read_text() == '{"new": 1}'
+
+
+def test_rounds_alternate_the_order_and_the_table_reports_medians(tmp_path, monkeypatch, capsys):
+    """--rounds 3 runs A B, B A, A B (the engine that starts first measured slower on the H200) and each figure is
+    the median over rounds; greedy tokens come from round 1."""
+    ran = []
+
+    def fake_run(cmd, env=None):
+        name, round_no = cmd[cmd.index("--one") + 1], int(cmd[cmd.index("--round") + 1])
+        ran.append((name, round_no))
+        speed = {"builtin_w4": 100.0, "ours_w4": 120.0}[name] * (1 + round_no) / 2  # 100, 150, 200 for builtin
+        result = {"startup_s": 10.0 * round_no, "tok_s": {str(b): speed for b in bench_serve.BATCHES},
+                  "greedy": [[round_no]]}
+        bench_serve.result_path(tmp_path / "results", name, round_no).write_text(json.dumps(result))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
+    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path), "--rounds", "3",
+                                      "--configs", "builtin_w4,ours_w4"])
+    assert bench_serve.main() == 0
+    assert ran == [("builtin_w4", 1), ("ours_w4", 1), ("ours_w4", 2), ("builtin_w4", 2), ("builtin_w4", 3),
+                   ("ours_w4", 3)]
+    table = capsys.readouterr().out
+    assert "| builtin_w4 | 3 | 20 | 150 (100, 150, 200) |" in table
+    assert "| ours_w4 | 3 | 20 | 180 (120, 180, 240) |" in table
+    assert "| ours_w4 / builtin_w4 | | | 1.20x |" in table
+    assert "greedy agreement ours_w4 vs builtin_w4" in table  # round 1's tokens, [[1]] for both: 100%
+    assert bench_serve.load_results(tmp_path / "results")["ours_w4"][0]["greedy"] == [[1]]
+    # a single-round remeasure drops the older rounds rather than mixing them into its medians
+    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path), "--remeasure",
+                                      "--configs", "ours_w4"])
+    assert bench_serve.main() == 0
+    assert [p.name for p in sorted((tmp_path / "results").glob("ours_w4*"))] == ["ours_w4.json"]

@@ -1,0 +1,42 @@
+"""ci/gpu/bench_serve.py's teacher-forced agreement, on vLLM-shaped prompt log-probabilities (index 0 is None,
+index i scores prompt token i; the vLLM runs need the GPU machine)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from ci.gpu.bench_serve import forced_agreement
+
+
+def _entries(prompt: list[int], top: list[int], second_gap: float) -> list:
+    """Prompt log-probabilities where position i's top token is top[i] and prompt[i] trails it by second_gap
+    unless it is top[i] (then it has rank 1)."""
+    out = [None]
+    for token, best in zip(prompt[1:], top[1:], strict=True):
+        entry = {best: SimpleNamespace(logprob=-0.1, rank=1)}
+        if token != best:
+            entry[token] = SimpleNamespace(logprob=-0.1 - second_gap, rank=2)
+        out.append(entry)
+    return out
+
+
+def test_forced_agreement_scores_the_partners_tokens_at_their_own_positions():
+    prompt_len = 4
+    theirs = [[7, 8, 9], [5, 6, 7]]
+    # this engine agrees everywhere on the first sequence, and prefers 99 at generated position 1 of the second
+    ours_top = [[0, 1, 2, 3, 7, 8, 9], [0, 1, 2, 3, 5, 99, 7]]
+    seqs = [[0, 1, 2, 3] + t for t in theirs]
+    logprobs = [_entries(s, top, 0.25) for s, top in zip(seqs, ours_top, strict=True)]
+    result = forced_agreement(logprobs, prompt_len, theirs)
+    assert result["tokens"] == 6
+    assert result["share"] == pytest.approx(5 / 6)
+    assert result["gaps"] == pytest.approx([0.25])
+
+
+def test_forced_agreement_names_a_position_without_log_probabilities():
+    theirs = [[7, 8]]
+    logprobs = [[None, {1: SimpleNamespace(logprob=0.0, rank=1)}, {7: SimpleNamespace(logprob=0.0, rank=1)}]]
+    with pytest.raises(RuntimeError, match="prompt 0, generated position 1"):
+        forced_agreement(logprobs, 2, theirs)
