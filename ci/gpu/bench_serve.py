@@ -155,8 +155,10 @@ def run_one(work: Path, name: str) -> dict:
             runs.append(batch * (GEN_LEN - 1) / ((t2 - t1) - (t1 - t0)))  # prefill + first token subtracted
         result["tok_s"][str(batch)] = statistics.median(runs)
         result.setdefault("tok_s_runs", {})[str(batch)] = runs
+        state = gpu_state()
+        result.setdefault("gpu_state", {})[str(batch)] = state
         print(f"{name} batch {batch}: {result['tok_s'][str(batch)]:.0f} tok/s (median of "
-              + ", ".join(f"{r:.0f}" for r in runs) + ")", flush=True)
+              + ", ".join(f"{r:.0f}" for r in runs) + f"); GPU after it: {state}", flush=True)
     agree_prompts = prompts(AGREE_PROMPTS, 7)
     outs = llm.generate(agree_prompts, SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True, temperature=0.0),
                         use_tqdm=False)
@@ -195,6 +197,21 @@ def forced_agreement(prompt_logprobs: list[list], prompt_len: int, theirs: list[
             else:
                 gaps.append(max(lp.logprob for lp in entry.values()) - entry[token].logprob)
     return {"share": matches / total, "tokens": total, "gaps": gaps}
+
+
+GPU_STATE_FIELDS = ("clocks.sm", "clocks.mem", "power.draw", "temperature.gpu", "pstate")
+
+
+def gpu_state() -> dict[str, str] | None:
+    """nvidia-smi's clocks, power, temperature and performance state right after a timing: the same engine measured
+    up to 37% apart by start order (2026-12-04), and these say whether the GPU or the host changed."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(GPU_STATE_FIELDS)}", "--format=csv,noheader",
+                              "--id=0"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    values = [v.strip() for v in out.strip().split(",")]
+    return dict(zip(GPU_STATE_FIELDS, values, strict=False)) if len(values) == len(GPU_STATE_FIELDS) else None
 
 
 def first_divergences(a: list[list[int]], b: list[list[int]]) -> list[int]:

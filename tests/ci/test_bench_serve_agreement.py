@@ -40,3 +40,23 @@ def test_forced_agreement_names_a_position_without_log_probabilities():
     logprobs = [[None, {1: SimpleNamespace(logprob=0.0, rank=1)}, {7: SimpleNamespace(logprob=0.0, rank=1)}]]
     with pytest.raises(RuntimeError, match="prompt 0, generated position 1"):
         forced_agreement(logprobs, 2, theirs)
+
+
+def test_gpu_state_reads_nvidia_smi_and_is_none_without_it(monkeypatch):
+    import subprocess
+
+    from ci.gpu import bench_serve
+
+    def fake_smi(cmd, **kwargs):
+        assert cmd[0] == "nvidia-smi" and "--format=csv,noheader" in cmd
+        return subprocess.CompletedProcess(cmd, 0, stdout="1980 MHz, 3201 MHz, 412.30 W, 51, P0\n")
+
+    monkeypatch.setattr(bench_serve.subprocess, "run", fake_smi)
+    assert bench_serve.gpu_state() == {"clocks.sm": "1980 MHz", "clocks.mem": "3201 MHz", "power.draw": "412.30 W",
+                                       "temperature.gpu": "51", "pstate": "P0"}
+
+    def missing(cmd, **kwargs):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(bench_serve.subprocess, "run", missing)
+    assert bench_serve.gpu_state() is None
