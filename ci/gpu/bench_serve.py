@@ -166,26 +166,27 @@ def run_one(work: Path, name: str) -> dict:
     partner = work / "results" / f"{PARTNERS.get(name)}.json"
     if name in PARTNERS and partner.exists():
         theirs = json.loads(partner.read_text())["greedy"]
-        result["forced"] = {"partner": PARTNERS[name], **score_partner(llm, agree_prompts, theirs)}
+        result["forced"] = {"partner": PARTNERS[name],
+                            **score_partner(llm, [p["prompt_token_ids"] for p in agree_prompts], theirs)}
     return result
 
 
-def score_partner(llm, agree_prompts: list[dict], theirs: list[list[int]]) -> dict:
+def score_partner(llm, prompt_ids: list[list[int]], theirs: list[list[int]]) -> dict:
     """This engine's own greedy choice at every position of the partner's greedy sequences (teacher-forced:
     both engines see the same context), so that one early near-tie does not decide the whole sequence."""
     from vllm import SamplingParams
 
-    inputs = [{"prompt_token_ids": p["prompt_token_ids"] + t} for p, t in zip(agree_prompts, theirs, strict=True)]
+    inputs = [{"prompt_token_ids": p + t} for p, t in zip(prompt_ids, theirs, strict=True)]
     outs = llm.generate(inputs, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1), use_tqdm=False)
-    return forced_agreement([o.prompt_logprobs for o in outs], PROMPT_LEN, theirs)
+    return forced_agreement([o.prompt_logprobs for o in outs], [len(p) for p in prompt_ids], theirs)
 
 
-def forced_agreement(prompt_logprobs: list[list], prompt_len: int, theirs: list[list[int]]) -> dict:
+def forced_agreement(prompt_logprobs: list[list], prompt_lens: list[int], theirs: list[list[int]]) -> dict:
     """From vLLM prompt log-probabilities over ``prompt + theirs``: the share of the partner's tokens that are
     this engine's top choice too, and at each disagreement the log-probability gap between this engine's top
     token and the partner's (near 0: a near-tie that rounding can flip)."""
     matches, total, gaps = 0, 0, []
-    for seq, (entries, tokens) in enumerate(zip(prompt_logprobs, theirs, strict=True)):
+    for seq, (entries, prompt_len, tokens) in enumerate(zip(prompt_logprobs, prompt_lens, theirs, strict=True)):
         for j, token in enumerate(tokens):
             entry = entries[prompt_len + j] if entries is not None and prompt_len + j < len(entries) else None
             if not entry or token not in entry:

@@ -12,6 +12,10 @@ its own greedy continuation, and, teacher-forced on each loader's sequence, the 
 of every token the loader chose; at each first divergence it gives the float32 log-probability gap
 between the two loaders' choices (a gap near 0 is a near-tie that bf16 rounding may flip).
 
+Teacher-forced agreement, where one early near-tie cannot decide a whole sequence: the built-in loader
+(which runs second) scores our greedy tokens with its own top choice on the same context, and float32 does
+the same on each loader's sequence.
+
     python3 ci/gpu/greedy_agreement.py --model /tmp/acc/smollm2 --work /tmp/agree --bits 4 --group_size 64
 """
 
@@ -26,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import AGREE_PROMPTS, AGREE_TOKENS, agreement, first_divergences  # noqa: E402
+from bench_serve import AGREE_PROMPTS, AGREE_TOKENS, agreement, first_divergences, score_partner  # noqa: E402
 
 PROMPT_LEN = 128
 LOADERS = {"ours": "auto_round", "builtin": None}
@@ -39,8 +43,10 @@ def prompt_ids(model: Path) -> list[list[int]]:
     return heldout_windows(load_tokenizer(model), PROMPT_LEN, AGREE_PROMPTS).tolist()
 
 
-def generate(checkpoint: Path, quantization: str | None, prompts: list[list[int]]) -> dict[str, list]:
-    """Greedy tokens and, per token, the engine's own log-probability of it."""
+def generate(checkpoint: Path, quantization: str | None, prompts: list[list[int]],
+             partner: list[list[int]] | None = None) -> dict:
+    """Greedy tokens and, per token, the engine's own log-probability of it; given the other loader's greedy
+    tokens, also how often this engine's top choice is that token on the same context (teacher-forced)."""
     from vllm import SamplingParams
 
     from vllm_autoround.serving.plugin import checked_llm
@@ -52,7 +58,10 @@ def generate(checkpoint: Path, quantization: str | None, prompts: list[list[int]
     tokens = [list(o.outputs[0].token_ids) for o in outs]
     logprobs = [[step[t].logprob for t, step in zip(toks, o.outputs[0].logprobs, strict=True)]
                 for toks, o in zip(tokens, outs, strict=True)]
-    return {"tokens": tokens, "logprobs": logprobs}
+    run = {"tokens": tokens, "logprobs": logprobs}
+    if partner is not None:
+        run["forced"] = score_partner(llm, prompts, partner)
+    return run
 
 
 def reference(model: Path, checkpoint: Path, prompts: list[list[int]], runs: dict[str, dict]) -> dict:
@@ -65,7 +74,8 @@ def reference(model: Path, checkpoint: Path, prompts: list[list[int]], runs: dic
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hf = load_model(model, device, torch.float32)
     apply_weights(hf, dequantized_weights(checkpoint))
-    out: dict = {"greedy": [], "logprobs": {name: [] for name in runs}, "divergence_gap": []}
+    out: dict = {"greedy": [], "logprobs": {name: [] for name in runs}, "divergence_gap": [],
+                 "forced_matches": dict.fromkeys(runs, 0)}
     with torch.no_grad():
         for i, prompt in enumerate(prompts):
             ids = list(prompt)
@@ -78,6 +88,8 @@ def reference(model: Path, checkpoint: Path, prompts: list[list[int]], runs: dic
                 full = torch.tensor([prompt + seq], device=device)
                 rows[name] = torch.log_softmax(hf(full).logits[0, len(prompt) - 1 : -1].double(), -1)
                 out["logprobs"][name].append(rows[name].gather(-1, full[0, len(prompt):, None])[:, 0].tolist())
+                # float32's own choice on the loader's context: does it pick the loader's token?
+                out["forced_matches"][name] += int((rows[name].argmax(-1) == full[0, len(prompt):]).sum())
             if set(seqs) != set(LOADERS):
                 continue
             a, b = seqs["ours"], seqs["builtin"]
@@ -107,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work)
     checkpoint = work / f"w{a.bits}g{a.group_size}"
     if a.loader:
-        run = generate(checkpoint, LOADERS[a.loader], json.loads((work / "prompts.json").read_text()))
+        first = next(iter(LOADERS))  # it runs first; the second loader scores its tokens
+        partner = None if a.loader == first else json.loads((work / f"{first}.json").read_text())["tokens"]
+        run = generate(checkpoint, LOADERS[a.loader], json.loads((work / "prompts.json").read_text()), partner)
         (work / f"{a.loader}.json").write_text(json.dumps(run))
         return 0
     work.mkdir(parents=True, exist_ok=True)
@@ -125,12 +139,20 @@ def main(argv: list[str] | None = None) -> int:
           f"agreement before first divergence {agreement(ours, builtin):.1%}, same token at the same "
           f"position {same / (AGREE_PROMPTS * AGREE_TOKENS):.1%}; first divergence at "
           f"{first_divergences(ours, builtin)}")
+    for name, run in runs.items():
+        if "forced" in run:
+            f = run["forced"]
+            print(f"teacher-forced: {name}'s top choice equals the other loader's greedy token at {f['share']:.1%} "
+                  f"of {f['tokens']} positions" + (f"; log-prob gaps where not: max {max(f['gaps']):.3f}"
+                                                   if f["gaps"] else ""))
     ref = reference(Path(a.model), checkpoint, json.loads((work / "prompts.json").read_text()), runs)
     (work / "reference.json").write_text(json.dumps(ref))
+    total = AGREE_PROMPTS * AGREE_TOKENS
     for name, run in runs.items():
         print(f"{name} vs float32 reference: greedy agreement {agreement(run['tokens'], ref['greedy']):.1%} "
               f"(first divergence at {first_divergences(run['tokens'], ref['greedy'])}); |log-prob error| "
-              f"of its chosen tokens {error_summary(run['logprobs'], ref['logprobs'][name])}")
+              f"of its chosen tokens {error_summary(run['logprobs'], ref['logprobs'][name])}; float32's top "
+              f"choice on its context is its token at {ref['forced_matches'][name] / total:.1%}")
     for gap in ref["divergence_gap"]:
         print(f"prompt {gap['prompt']} parts at token {gap['position']}: float32 log-prob of ours' token "
               f"{gap['ours']:.4f}, of built-in's {gap['builtin']:.4f} (top-2 margin there "

@@ -29,7 +29,7 @@ def test_forced_agreement_scores_the_partners_tokens_at_their_own_positions():
     ours_top = [[0, 1, 2, 3, 7, 8, 9], [0, 1, 2, 3, 5, 99, 7]]
     seqs = [[0, 1, 2, 3] + t for t in theirs]
     logprobs = [_entries(s, top, 0.25) for s, top in zip(seqs, ours_top, strict=True)]
-    result = forced_agreement(logprobs, prompt_len, theirs)
+    result = forced_agreement(logprobs, [prompt_len] * 2, theirs)
     assert result["tokens"] == 6
     assert result["share"] == pytest.approx(5 / 6)
     assert result["gaps"] == pytest.approx([0.25])
@@ -39,7 +39,7 @@ def test_forced_agreement_names_a_position_without_log_probabilities():
     theirs = [[7, 8]]
     logprobs = [[None, {1: SimpleNamespace(logprob=0.0, rank=1)}, {7: SimpleNamespace(logprob=0.0, rank=1)}]]
     with pytest.raises(RuntimeError, match="prompt 0, generated position 1"):
-        forced_agreement(logprobs, 2, theirs)
+        forced_agreement(logprobs, [2], theirs)
 
 
 def test_gpu_state_reads_nvidia_smi_and_is_none_without_it(monkeypatch):

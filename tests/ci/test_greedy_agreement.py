@@ -42,5 +42,8 @@ def test_reference_scores_each_loaders_tokens_where_they_were_chosen(toy_llama, 
         assert len(seq) == AGREE_TOKENS and all(lp <= 0 for lp in seq)
     # ... and the other loader's token after the split point is scored on its own (different) prefix
     assert ref["logprobs"]["builtin"][0][:PART_AT] == pytest.approx(ref["logprobs"]["ours"][0][:PART_AT])
+    # teacher-forced: float32 picks every one of its own greedy tokens, and not builtin's changed one
+    assert ref["forced_matches"]["ours"] == AGREE_PROMPTS * AGREE_TOKENS
+    assert ref["forced_matches"]["builtin"] <= AGREE_PROMPTS * (AGREE_TOKENS - 1)
     same = error_summary(ref["logprobs"]["ours"], ref["logprobs"]["ours"])
     assert same == "max 0.0000, mean 0.0000"
