@@ -163,8 +163,8 @@ def run_one(work: Path, name: str) -> dict:
     outs = llm.generate(agree_prompts, SamplingParams(max_tokens=AGREE_TOKENS, ignore_eos=True, temperature=0.0),
                         use_tqdm=False)
     result["greedy"] = [list(o.outputs[0].token_ids) for o in outs]
-    partner = work / "results" / f"{PARTNERS.get(name)}.json"
-    if name in PARTNERS and partner.exists():
+    partner = result_path(work / "results", PARTNERS[name]) if name in PARTNERS else None
+    if partner is not None and partner.exists():
         theirs = json.loads(partner.read_text())["greedy"]
         result["forced"] = {"partner": PARTNERS[name],
                             **score_partner(llm, [p["prompt_token_ids"] for p in agree_prompts], theirs)}
@@ -200,6 +200,14 @@ def forced_agreement(prompt_logprobs: list[list], prompt_lens: list[int], theirs
     return {"share": matches / total, "tokens": total, "gaps": gaps}
 
 
+def describe_forced(name: str, partner: str, forced: dict) -> str:
+    """One line for a teacher-forced score (bench_serve's table and greedy_agreement's report)."""
+    gaps = forced["gaps"]
+    return (f"teacher-forced: {name}'s top choice equals {partner}'s greedy token at {forced['share']:.1%} of "
+            f"{forced['tokens']} positions" + (f"; log-prob gaps where not: max {max(gaps):.3f}, median "
+                                               f"{statistics.median(gaps):.3f}" if gaps else ""))
+
+
 GPU_STATE_FIELDS = ("clocks.sm", "clocks.mem", "power.draw", "temperature.gpu", "pstate")
 
 
@@ -212,7 +220,7 @@ def gpu_state() -> dict[str, str] | None:
     except (OSError, subprocess.SubprocessError):
         return None
     values = [v.strip() for v in out.strip().split(",")]
-    return dict(zip(GPU_STATE_FIELDS, values, strict=False)) if len(values) == len(GPU_STATE_FIELDS) else None
+    return dict(zip(GPU_STATE_FIELDS, values, strict=True)) if len(values) == len(GPU_STATE_FIELDS) else None
 
 
 def first_divergences(a: list[list[int]], b: list[list[int]]) -> list[int]:
@@ -231,12 +239,18 @@ def result_path(results_dir: Path, name: str, round_no: int = 1) -> Path:
     return results_dir / (f"{name}.json" if round_no == 1 else f"{name}.round{round_no}.json")
 
 
+def name_and_round(path: Path) -> tuple[str, int]:
+    """The inverse of :func:`result_path`."""
+    name, _, round_no = path.stem.partition(".round")
+    return name, int(round_no or 1)
+
+
 def load_results(results_dir: Path) -> dict[str, list[dict]]:
     """Every round's result per configuration, round 1 first."""
     grouped: dict[str, list[tuple[int, dict]]] = {}
     for p in results_dir.glob("*.json"):
-        name, _, round_no = p.stem.partition(".round")
-        grouped.setdefault(name, []).append((int(round_no or 1), json.loads(p.read_text())))
+        name, round_no = name_and_round(p)
+        grouped.setdefault(name, []).append((round_no, json.loads(p.read_text())))
     return {name: [r for _, r in sorted(rounds, key=lambda x: x[0])] for name, rounds in grouped.items()}
 
 
@@ -270,11 +284,7 @@ def report(results_dir: Path) -> str:
     for name in PARTNERS:
         forced = results.get(name, {}).get("forced")
         if forced:
-            gaps = forced["gaps"]
-            lines.append(f"teacher-forced: {name}'s top choice equals {forced['partner']}'s greedy token at "
-                         f"{forced['share']:.1%} of {forced['tokens']} positions"
-                         + (f"; log-prob gaps where not: max {max(gaps):.3f}, median {statistics.median(gaps):.3f}"
-                            if gaps else ""))
+            lines.append(describe_forced(name, forced["partner"], forced))
     return "\n".join(lines)
 
 
@@ -318,7 +328,7 @@ def main() -> int:
     if args.remeasure:  # rounds beyond this call's would otherwise join its medians
         for name in configs:
             for old in results_dir.glob(f"{name}.round*.json"):
-                if int(old.stem.partition(".round")[2]) > args.rounds:
+                if name_and_round(old)[1] > args.rounds:
                     old.unlink()
     slowest = None
     runs = [(name, r) for r in range(1, args.rounds + 1) for name in (configs if r % 2 else configs[::-1])]

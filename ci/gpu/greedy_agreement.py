@@ -30,7 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_serve import AGREE_PROMPTS, AGREE_TOKENS, agreement, first_divergences, score_partner  # noqa: E402
+from bench_serve import (  # noqa: E402
+    AGREE_PROMPTS,
+    AGREE_TOKENS,
+    agreement,
+    describe_forced,
+    first_divergences,
+    score_partner,
+)
 
 PROMPT_LEN = 128
 LOADERS = {"ours": "auto_round", "builtin": None}
@@ -141,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{first_divergences(ours, builtin)}")
     for name, run in runs.items():
         if "forced" in run:
-            f = run["forced"]
-            print(f"teacher-forced: {name}'s top choice equals the other loader's greedy token at {f['share']:.1%} "
-                  f"of {f['tokens']} positions" + (f"; log-prob gaps where not: max {max(f['gaps']):.3f}"
-                                                   if f["gaps"] else ""))
+            print(describe_forced(name, "the other loader", run["forced"]))
     ref = reference(Path(a.model), checkpoint, json.loads((work / "prompts.json").read_text()), runs)
     (work / "reference.json").write_text(json.dumps(ref))
     total = AGREE_PROMPTS * AGREE_TOKENS

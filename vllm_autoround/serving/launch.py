@@ -135,7 +135,6 @@ class VLLMServer:
     def _check_resolved_method(self) -> None:
         """Raise unless the engine's config line (vLLM 0.26 and 0.32 log it at INFO) names our method: the plugin
         check before the start cannot see what vLLM resolved."""
-        self._log.flush()
         resolved = resolved_quantization(self.log_path.read_text(errors="replace"))
         if resolved != METHOD_NAME:
             found = f"resolved the quantization method to {resolved!r}" if resolved else \
