@@ -60,3 +60,47 @@ def test_gpu_state_reads_nvidia_smi_and_is_none_without_it(monkeypatch):
 
     monkeypatch.setattr(bench_serve.subprocess, "run", missing)
     assert bench_serve.gpu_state() is None
+
+
+def test_the_marlin_control_runs_with_machete_disabled_and_both_pairs_are_reported(tmp_path, monkeypatch, capsys):
+    """builtin_marlin_w4 is the built-in loader with Machete disabled (vLLM's VLLM_DISABLED_KERNELS): the agreement
+    two of vLLM's own kernels reach on this model, beside ours against the built-in loader."""
+    import json
+    import subprocess
+    import sys
+
+    from ci.gpu import bench_serve
+
+    envs = {}
+
+    def fake_run(cmd, env=None):
+        name = cmd[cmd.index("--one") + 1]
+        envs[name] = env
+        forced = [{"partner": p, "share": 0.5, "tokens": 2, "gaps": [0.125]} for p in bench_serve.PARTNERS[name]
+                  if (tmp_path / "results" / f"{p}.json").exists()]
+        result = {"startup_s": 1.0, "tok_s": {str(b): 10.0 for b in bench_serve.BATCHES},
+                  "greedy": [[1, 2]] if name != "ours_w4" else [[1, 3]], "forced": forced}
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(result))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
+    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path),
+                                      "--configs", "ours_w4,builtin_marlin_w4,builtin_w4"])
+    assert bench_serve.main() == 0
+    assert envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"] == "MacheteLinearKernel,AllSparkLinearKernel"
+    assert "VLLM_DISABLED_KERNELS" not in envs["builtin_w4"] or envs["builtin_w4"]["VLLM_DISABLED_KERNELS"] != (
+        envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"])
+    table = capsys.readouterr().out
+    assert "greedy agreement ours_w4 vs builtin_w4 (tokens before first divergence, 8 prompts x 64): 50.0%" in table
+    assert "greedy agreement builtin_marlin_w4 vs builtin_w4 (tokens before first divergence, 8 prompts x 64): " \
+           "100.0%" in table
+    # builtin_w4 ran last, so it scored both partners' tokens
+    assert "builtin_w4's top choice equals ours_w4's greedy token at 50.0% of 2 positions" in table
+    assert "builtin_w4's top choice equals builtin_marlin_w4's greedy token at 50.0% of 2 positions" in table
+    # a result written before the control pair existed (one dict) still reads
+    old = json.loads((tmp_path / "results" / "builtin_w4.json").read_text())
+    old["forced"] = old["forced"][0]
+    assert bench_serve.forced_scores(old) == [old["forced"]]
