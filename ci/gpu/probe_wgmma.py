@@ -22,6 +22,8 @@ import kernel_common as kc  # noqa: E402
 from vllm_autoround.kernels.tuning import (  # noqa: E402
     DEQUANT,
     WGMMA_M64,
+    WGMMA_M64_N64,
+    WGMMA_M64_W8,
     WGMMA_TILINGS,
     wgmma_config,
 )
@@ -30,10 +32,18 @@ MS = (128, 256, 512, 1024, 4096)  # --ms 64 times the M=64 candidate against gem
 # (bits, group size, sym, K, N)
 CASES = ((4, 128, True, 4096, 14336), (4, 128, True, 14336, 4096), (4, 128, True, 4096, 6144),
          (4, 128, True, 8192, 28672), (4, 128, False, 4096, 14336), (2, 64, True, 4096, 14336),
-         (4, 32, True, 4096, 14336), (4, -1, False, 4096, 14336), (2, 32, False, 4096, 6144))
+         (4, 32, True, 4096, 14336), (4, -1, False, 4096, 14336), (2, 32, False, 4096, 6144),
+         (4, 128, True, 4096, 4096))
 # the tuner's candidates plus neighbours (block_m, block_n, waves, warps, stages)
 TILINGS = WGMMA_TILINGS + (wgmma_config(128, 128, 0), wgmma_config(64, 128, 1, stages=4),
-                           wgmma_config(128, 128, 2, stages=3), WGMMA_M64)
+                           wgmma_config(128, 128, 2, stages=3), WGMMA_M64,
+                           # M=64 (indices 10-13): two warpgroups per 64 x 128 tile, 64 x 64 tiles (more programs per
+                           # SM), deeper splits
+                           wgmma_config(64, 128, 4, warps=8, stages=3), wgmma_config(64, 64, 2, warps=4, stages=3),
+                           WGMMA_M64_W8, WGMMA_M64_N64,
+                           # M=256 (indices 14-17): deeper x rings (x is re-read from L2 by every N tile)
+                           wgmma_config(256, 128, 1, stages=3), wgmma_config(128, 128, 1, stages=4),
+                           wgmma_config(128, 64, 1, warps=4, stages=4), wgmma_config(128, 128, 2, stages=4))
 
 
 def name(cfg) -> str:

@@ -93,6 +93,12 @@ WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_con
 # at M=64 one warpgroup per 64 x 128 tile: 101.0 / 33.6 us against gemm16's 109.1 / 38.8 on W4 8192x28672 and
 # W2 4096x14336, 0.86-0.89x on three other W4 shapes (H200, sixth session): a candidate, not a default
 WGMMA_M64 = wgmma_config(64, 128, 2, warps=4, stages=3)
+# two more M=64 candidates (H200, seventh session, ci/gpu/probe_wgmma.py --ms 64): 64 x 64 tiles split to 4 waves took
+# 32.4 us on W4 g128 asym 4096x14336 against 35.3 for WGMMA_M64 and 46.4 for gemm16's default; two warpgroups per
+# 64 x 128 tile took 31.8 on W2 g64 4096x14336 against 33.5 and 38.8. On W4 g128 sym gemm16 stays ahead except on
+# 8192x28672 (98.6-100.6 against 107.4). Word tiles two blocks ahead instead of one were no faster (not kept).
+WGMMA_M64_N64 = wgmma_config(64, 64, 4, warps=4, stages=3)
+WGMMA_M64_W8 = wgmma_config(64, 128, 2, warps=8, stages=3)
 # the Gluon TMA gemv's tilings (Hopper; the Triton gemv elsewhere; docs/kernels.md, "A gemv fed by TMA"): the
 # best of each measured W2/W4 shape (H200, sixth session)
 TMA_GEMV_TILINGS = (tma_gemv_config(64, 4), tma_gemv_config(64, 8, stages=6), tma_gemv_config(128, 3),
@@ -201,7 +207,7 @@ def candidates(mb: int, n: int, k: int, bits: int, sym: bool = True, group_size:
         if bits != 3:
             out += list(TMA_GEMV_TILINGS)
     if mb == 64 and bits in (2, 4):
-        out.append(WGMMA_M64)
+        out += [WGMMA_M64, WGMMA_M64_N64, WGMMA_M64_W8]
     if 1 < mb <= 16:
         out += [gemm_config(16, bn, w, w_first=wf, prefetch=pf) for bn, w, wf, pf in (
             (128, 4, True, False), (64, 4, True, False), (128, 4, True, True), (128, 2, True, False),
