@@ -43,7 +43,12 @@ TILINGS = WGMMA_TILINGS + (wgmma_config(128, 128, 0), wgmma_config(64, 128, 1, s
                            WGMMA_M64_W8, WGMMA_M64_N64,
                            # M=256 (indices 14-17): deeper x rings (x is re-read from L2 by every N tile)
                            wgmma_config(256, 128, 1, stages=3), wgmma_config(128, 128, 1, stages=4),
-                           wgmma_config(128, 64, 1, warps=4, stages=4), wgmma_config(128, 128, 2, stages=4))
+                           wgmma_config(128, 64, 1, warps=4, stages=4), wgmma_config(128, 128, 2, stages=4),
+                           # 256 weight rows per program over four warpgroups (indices 18-22): half the x traffic
+                           # from L2 of 128-row tiles
+                           wgmma_config(128, 256, 1, warps=16), wgmma_config(128, 256, 1, warps=16, max_registers=128),
+                           wgmma_config(64, 256, 1, warps=16, stages=3), wgmma_config(64, 256, 1, warps=8, stages=3),
+                           wgmma_config(128, 256, 1, warps=16, stages=3))
 
 
 def name(cfg) -> str:
