@@ -12,6 +12,10 @@ said so) unless ``--remeasure`` is given. ``--budget SECONDS`` stops before a
 configuration that would not finish in time (judged by the slowest one so far), so that a call under a
 wall-clock limit still prints its table and copies its results to $OUT.
 
+``--tune-cache FILE`` starts from the kernel tuner's choices saved by an earlier run (every call that has $OUT
+writes them to $OUT/tune_cache.json): on a fresh machine the tuner otherwise spends about a minute of device
+time timing candidates before our engine serves. Use it only with the same kernel code.
+
 ``--rounds R`` measures every configuration R times, the order reversed in every other round (A B, B A, …),
 and the table reports the median over rounds. Why: on the H200 the same engine measured up to 37% apart
 depending on whether it started first or second in a call (2026-12-04, seventh session), so one pass per
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -324,6 +329,7 @@ def main() -> int:
                         help="measure the listed configurations again even where WORK/results has them")
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure each configuration this many times, alternating the order; report medians")
+    parser.add_argument("--tune-cache", type=Path, help="a tune_cache.json saved by an earlier run of this code")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--round", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -336,6 +342,11 @@ def main() -> int:
         result_path(results_dir, args.one, args.round).write_text(json.dumps(result))
         return 0
     configs = config_names(parser, args.configs)
+    if args.tune_cache is not None:
+        try:
+            print(f"kernel tuning choices from {args.tune_cache} -> {seed_tune_cache(args.tune_cache)}", flush=True)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--tune-cache {args.tune_cache}: {exc}")
     results_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     build_model(work / "bf16")
@@ -373,7 +384,34 @@ def main() -> int:
         Path(out, "bench_serve.md").write_text(table + "\n")
         for p in results_dir.glob("*.json"):
             Path(out, f"serve_{p.name}").write_text(p.read_text())
+        save_tune_cache(Path(out))
     return 0
+
+
+def seed_tune_cache(path: Path) -> Path:
+    """Copy an earlier run's tuner choices to where this code's tuner reads them (kernels.tuning); the file must
+    be the tuner's JSON object of choices."""
+    from vllm_autoround.kernels.tuning import default_cache_path
+
+    choices = json.loads(path.read_text())
+    if not isinstance(choices, dict) or not all(isinstance(v, dict) and "kind" in v for v in choices.values()):
+        raise ValueError("not a kernel tuning cache (a JSON object of kernel configurations)")
+    target = default_cache_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    return target
+
+
+def save_tune_cache(out: Path) -> Path | None:
+    """The tuner's choices of this run, for a later ``--tune-cache`` (None when the tuner saved none)."""
+    from vllm_autoround.kernels.tuning import default_cache_path
+
+    source = default_cache_path()
+    if not source.exists():
+        return None
+    target = out / "tune_cache.json"
+    shutil.copyfile(source, target)
+    return target
 
 
 if __name__ == "__main__":
