@@ -343,10 +343,7 @@ def main() -> int:
         return 0
     configs = config_names(parser, args.configs)
     if args.tune_cache is not None:
-        try:
-            print(f"kernel tuning choices from {args.tune_cache} -> {seed_tune_cache(args.tune_cache)}", flush=True)
-        except (OSError, ValueError) as exc:
-            parser.error(f"--tune-cache {args.tune_cache}: {exc}")
+        seed_tune_cache_or_exit(parser, args.tune_cache)
     results_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     build_model(work / "bf16")
@@ -372,8 +369,7 @@ def main() -> int:
             break
         began = time.monotonic()
         proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name, "--round",
-                               str(round_no)],
-                              env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", **CONFIG_ENV.get(name, {})})
+                               str(round_no)], env=config_env(name))
         slowest = max(slowest or 0.0, time.monotonic() - began)
         if proc.returncode != 0:
             print(f"{name}: failed with exit code {proc.returncode}", flush=True)
@@ -386,6 +382,19 @@ def main() -> int:
             Path(out, f"serve_{p.name}").write_text(p.read_text())
         save_tune_cache(Path(out))
     return 0
+
+
+def config_env(name: str) -> dict[str, str]:
+    """The environment of one configuration's engine process: vLLM at WARNING, plus its CONFIG_ENV."""
+    return {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", **CONFIG_ENV.get(name, {})}
+
+
+def seed_tune_cache_or_exit(parser: argparse.ArgumentParser, path: Path) -> None:
+    """``--tune-cache``: seed the tuner, or stop with an error that names the file."""
+    try:
+        print(f"kernel tuning choices from {path} -> {seed_tune_cache(path)}", flush=True)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--tune-cache {path}: {exc}")
 
 
 def seed_tune_cache(path: Path) -> Path:

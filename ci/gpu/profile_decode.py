@@ -22,7 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_serve import PROMPT_LEN, build_model, config_names, make_llm, prompts, quantize  # noqa: E402
+from bench_serve import (  # noqa: E402
+    PROMPT_LEN,
+    build_model,
+    config_env,
+    config_names,
+    make_llm,
+    prompts,
+    quantize,
+    save_tune_cache,
+    seed_tune_cache_or_exit,
+)
 
 GEN_TOKENS = 128
 TOP_KERNELS = 12
@@ -132,6 +142,8 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/bench_serve")
     parser.add_argument("--configs", default="ours_w4,builtin_w4,bf16")
     parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--tune-cache", type=Path, help="a tune_cache.json saved by an earlier run of this code "
+                                                         "(bench_serve.py's --tune-cache)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
@@ -142,6 +154,8 @@ def main() -> int:
         (out_dir / f"{args.one}.json").write_text(json.dumps(result, indent=1))
         return 0
     configs = config_names(parser, args.configs)
+    if args.tune_cache is not None:
+        seed_tune_cache_or_exit(parser, args.tune_cache)
     out_dir.mkdir(parents=True, exist_ok=True)
     build_model(work / "bf16")
     quantize(work, configs)
@@ -149,7 +163,7 @@ def main() -> int:
     for name in configs:
         (out_dir / f"{name}.json").unlink(missing_ok=True)  # a failed run must not report an earlier run's profile
         proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--batches", args.batches,
-                               "--one", name], env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"))
+                               "--one", name], env=config_env(name))
         if proc.returncode != 0:
             print(f"{name}: failed with exit code {proc.returncode}", flush=True)
     results = [json.loads((out_dir / f"{n}.json").read_text()) for n in configs if (out_dir / f"{n}.json").exists()]
@@ -160,6 +174,7 @@ def main() -> int:
         Path(out, "profile_decode.md").write_text(table + "\n")
         for r in results:
             Path(out, f"profile_{r['name']}.json").write_text(json.dumps(r, indent=1))
+        save_tune_cache(Path(out))
     return 0
 
 

@@ -38,3 +38,29 @@ def test_summary_of_a_trace(tmp_path):
     assert s["idle_share"] == pytest.approx(1 - 20 / 35)
     assert s["launches_per_step"] == {"cuLaunchKernelEx": 0.2, "cudaGraphLaunch": 0.4}
     assert s["top"] == [{"kernel": "gemv_kernel", "us_per_step": 3.0}, {"kernel": "flash_attn", "us_per_step": 2.0}]
+
+
+def test_each_configuration_is_profiled_in_its_own_environment(tmp_path, monkeypatch):
+    """The Marlin control must be profiled with Machete disabled, as bench_serve measures it (an engine started
+    without its CONFIG_ENV would profile Machete under Marlin's name)."""
+    import subprocess
+    import sys
+
+    from ci.gpu import profile_decode
+
+    envs = {}
+
+    def fake_run(cmd, env=None):
+        name = cmd[cmd.index("--one") + 1]
+        envs[name] = env
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(profile_decode.subprocess, "run", fake_run)
+    monkeypatch.setattr(profile_decode, "build_model", lambda path: None)
+    monkeypatch.setattr(profile_decode, "quantize", lambda work, configs: None)
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(sys, "argv", ["profile_decode.py", "--work", str(tmp_path),
+                                      "--configs", "builtin_w4,builtin_marlin_w4"])
+    assert profile_decode.main() == 0
+    assert envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"].startswith("MacheteLinearKernel")
+    assert "MacheteLinearKernel" not in envs["builtin_w4"].get("VLLM_DISABLED_KERNELS", "")
