@@ -67,9 +67,9 @@ def test_the_marlin_control_runs_with_machete_disabled_and_both_pairs_are_report
     two of vLLM's own kernels reach on this model, beside ours against the built-in loader."""
     import json
     import subprocess
-    import sys
 
     from ci.gpu import bench_serve
+    from tests.ci.script_main import run_main
 
     envs = {}
 
@@ -83,13 +83,8 @@ def test_the_marlin_control_runs_with_machete_disabled_and_both_pairs_are_report
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(result))
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
-    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
-    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
-    monkeypatch.delenv("OUT", raising=False)
-    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path),
-                                      "--configs", "ours_w4,builtin_marlin_w4,builtin_w4"])
-    assert bench_serve.main() == 0
+    argv = ["--work", str(tmp_path), "--configs", "ours_w4,builtin_marlin_w4,builtin_w4"]
+    assert run_main(monkeypatch, bench_serve, argv, fake_run) == 0
     assert envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"] == "MacheteLinearKernel,AllSparkLinearKernel"
     assert "VLLM_DISABLED_KERNELS" not in envs["builtin_w4"] or envs["builtin_w4"]["VLLM_DISABLED_KERNELS"] != (
         envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"])

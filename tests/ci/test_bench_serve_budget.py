@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 from ci.gpu import bench_serve
+from tests.ci.script_main import run_main
 
 
 def test_next_config_fits_uses_the_slowest_so_far_or_a_first_estimate():
@@ -30,15 +30,10 @@ def test_budget_leaves_the_configurations_that_would_not_fit(tmp_path, monkeypat
         return subprocess.CompletedProcess(cmd, 0)
 
     monkeypatch.setattr(bench_serve.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
-    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
-    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
     monkeypatch.setattr(bench_serve, "report", lambda results_dir: "TABLE " + ",".join(
         sorted(p.stem for p in results_dir.glob("*.json"))))
-    monkeypatch.delenv("OUT", raising=False)
-    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path), "--budget", "500",
-                                      "--configs", "bf16,builtin_w4,ours_w4"])
-    assert bench_serve.main() == 0
+    argv = ["--work", str(tmp_path), "--budget", "500", "--configs", "bf16,builtin_w4,ours_w4"]
+    assert run_main(monkeypatch, bench_serve, argv, fake_run) == 0
     assert ran == ["bf16", "builtin_w4"]  # 0 + 240 and 200 + 200 fit in 500 s; 400 + 200 does not
     out = capsys.readouterr().out
     assert "ours_w4 (round 1) and later runs left for another call" in out
@@ -56,19 +51,13 @@ def test_kept_results_are_announced_and_remeasure_runs_them_again(tmp_path, monk
         (tmp_path / "results" / f"{name}.json").write_text('{"new": 1}')
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
-    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
-    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
     monkeypatch.setattr(bench_serve, "report", lambda results_dir: "TABLE")
-    monkeypatch.delenv("OUT", raising=False)
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "ours_w4.json").write_text('{"old": 1}')
-    args = ["bench_serve.py", "--work", str(tmp_path), "--configs", "ours_w4"]
-    monkeypatch.setattr(sys, "argv", args)
-    assert bench_serve.main() == 0 and ran == []
+    args = ["--work", str(tmp_path), "--configs", "ours_w4"]
+    assert run_main(monkeypatch, bench_serve, args, fake_run) == 0 and ran == []
     assert "ours_w4: kept from an earlier call" in capsys.readouterr().out
-    monkeypatch.setattr(sys, "argv", args + ["--remeasure"])
-    assert bench_serve.main() == 0 and ran == ["ours_w4"]
+    assert run_main(monkeypatch, bench_serve, args + ["--remeasure"], fake_run) == 0 and ran == ["ours_w4"]
     assert (tmp_path / "results" / "ours_w4.json").read_text() == '{"new": 1}'
 
 
@@ -86,13 +75,8 @@ def test_rounds_alternate_the_order_and_the_table_reports_medians(tmp_path, monk
         bench_serve.result_path(tmp_path / "results", name, round_no).write_text(json.dumps(result))
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
-    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
-    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
-    monkeypatch.delenv("OUT", raising=False)
-    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path), "--rounds", "3",
-                                      "--configs", "builtin_w4,ours_w4"])
-    assert bench_serve.main() == 0
+    argv = ["--work", str(tmp_path), "--rounds", "3", "--configs", "builtin_w4,ours_w4"]
+    assert run_main(monkeypatch, bench_serve, argv, fake_run) == 0
     assert ran == [("builtin_w4", 1), ("ours_w4", 1), ("ours_w4", 2), ("builtin_w4", 2), ("builtin_w4", 3),
                    ("ours_w4", 3)]
     table = capsys.readouterr().out
@@ -102,7 +86,6 @@ def test_rounds_alternate_the_order_and_the_table_reports_medians(tmp_path, monk
     assert "greedy agreement ours_w4 vs builtin_w4" in table  # round 1's tokens, [[1]] for both: 100%
     assert bench_serve.load_results(tmp_path / "results")["ours_w4"][0]["greedy"] == [[1]]
     # a single-round remeasure drops the older rounds rather than mixing them into its medians
-    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path), "--remeasure",
-                                      "--configs", "ours_w4"])
-    assert bench_serve.main() == 0
+    argv = ["--work", str(tmp_path), "--remeasure", "--configs", "ours_w4"]
+    assert run_main(monkeypatch, bench_serve, argv, fake_run) == 0
     assert [p.name for p in sorted((tmp_path / "results").glob("ours_w4*"))] == ["ours_w4.json"]

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from ci.gpu import bench_serve
+from tests.ci.script_main import run_main
 from vllm_autoround.kernels.launch import KernelConfig
 from vllm_autoround.kernels.tuning import Tuner, default_cache_path
 
 
-def _fake_main(monkeypatch, tmp_path, *extra):
+def _fake_main(monkeypatch, tmp_path, *extra, out=None):
     def fake_run(cmd, env=None):
         # what the engine's tuner would have written while serving
         path = default_cache_path()
@@ -25,13 +25,9 @@ def _fake_main(monkeypatch, tmp_path, *extra):
         (tmp_path / "work" / "results" / "ours_w4.json").write_text("{}")
         return subprocess.CompletedProcess(cmd, 0)
 
-    monkeypatch.setattr(bench_serve.subprocess, "run", fake_run)
-    monkeypatch.setattr(bench_serve, "build_model", lambda path: None)
-    monkeypatch.setattr(bench_serve, "quantize", lambda work, configs: None)
     monkeypatch.setattr(bench_serve, "report", lambda results_dir: "TABLE")
-    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--work", str(tmp_path / "work"), "--configs", "ours_w4",
-                                      "--remeasure", *extra])
-    return bench_serve.main()
+    return run_main(monkeypatch, bench_serve, ["--work", str(tmp_path / "work"), "--configs", "ours_w4", "--remeasure",
+                                               *extra], fake_run, out=out)
 
 
 def test_choices_saved_to_out_seed_the_next_lease(tmp_path, monkeypatch, capsys):
@@ -39,14 +35,12 @@ def test_choices_saved_to_out_seed_the_next_lease(tmp_path, monkeypatch, capsys)
     monkeypatch.delenv("VLLM_AUTOROUND_TUNE_CACHE", raising=False)
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setenv("OUT", str(out))
-    assert _fake_main(monkeypatch, tmp_path) == 0
+    assert _fake_main(monkeypatch, tmp_path, out=str(out)) == 0
     saved = json.loads((out / "tune_cache.json").read_text())
     assert list(saved) == ["dev|w4|g128|sym|bfloat16|m64|n8|k8"]
 
     # a fresh machine: the seeded file is where this code's tuner reads it, and the tuner loads its choice
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "lease2"))
-    monkeypatch.delenv("OUT")
     assert not default_cache_path().exists()
     assert _fake_main(monkeypatch, tmp_path, "--tune-cache", str(out / "tune_cache.json")) == 0
     assert "kernel tuning choices from" in capsys.readouterr().out

@@ -44,9 +44,9 @@ def test_each_configuration_is_profiled_in_its_own_environment(tmp_path, monkeyp
     """The Marlin control must be profiled with Machete disabled, as bench_serve measures it (an engine started
     without its CONFIG_ENV would profile Machete under Marlin's name)."""
     import subprocess
-    import sys
 
     from ci.gpu import profile_decode
+    from tests.ci.script_main import run_main
 
     envs = {}
 
@@ -55,12 +55,7 @@ def test_each_configuration_is_profiled_in_its_own_environment(tmp_path, monkeyp
         envs[name] = env
         return subprocess.CompletedProcess(cmd, 1)
 
-    monkeypatch.setattr(profile_decode.subprocess, "run", fake_run)
-    monkeypatch.setattr(profile_decode, "build_model", lambda path: None)
-    monkeypatch.setattr(profile_decode, "quantize", lambda work, configs: None)
-    monkeypatch.delenv("OUT", raising=False)
-    monkeypatch.setattr(sys, "argv", ["profile_decode.py", "--work", str(tmp_path),
-                                      "--configs", "builtin_w4,builtin_marlin_w4"])
-    assert profile_decode.main() == 0
+    argv = ["--work", str(tmp_path), "--configs", "builtin_w4,builtin_marlin_w4"]
+    assert run_main(monkeypatch, profile_decode, argv, fake_run) == 0
     assert envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"].startswith("MacheteLinearKernel")
     assert "MacheteLinearKernel" not in envs["builtin_w4"].get("VLLM_DISABLED_KERNELS", "")
