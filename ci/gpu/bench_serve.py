@@ -398,13 +398,10 @@ def seed_tune_cache_or_exit(parser: argparse.ArgumentParser, path: Path) -> None
 
 
 def seed_tune_cache(path: Path) -> Path:
-    """Copy an earlier run's tuner choices to where this code's tuner reads them (kernels.tuning); the file must
-    be the tuner's JSON object of choices."""
-    from vllm_autoround.kernels.tuning import default_cache_path
+    """Copy an earlier run's tuner choices to where this code's tuner reads them (kernels.tuning)."""
+    from vllm_autoround.kernels.tuning import default_cache_path, read_choices
 
-    choices = json.loads(path.read_text())
-    if not isinstance(choices, dict) or not all(isinstance(v, dict) and "kind" in v for v in choices.values()):
-        raise ValueError("not a kernel tuning cache (a JSON object of kernel configurations)")
+    read_choices(path)  # the tuner's own reader: refuse here what it would ignore later
     target = default_cache_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, target)

@@ -141,17 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, __file__, *(argv or sys.argv[1:]), "--loader", loader], check=True)
     runs = {name: json.loads((work / f"{name}.json").read_text()) for name in LOADERS}
     ours, builtin = runs["ours"]["tokens"], runs["builtin"]["tokens"]
+    total = AGREE_PROMPTS * AGREE_TOKENS
     same = sum(x == y for o, b in zip(ours, builtin, strict=True) for x, y in zip(o, b, strict=True))
     print(f"W{a.bits} g{a.group_size}, {AGREE_PROMPTS} held-out prompts x {AGREE_TOKENS} greedy tokens: "
           f"agreement before first divergence {agreement(ours, builtin):.1%}, same token at the same "
-          f"position {same / (AGREE_PROMPTS * AGREE_TOKENS):.1%}; first divergence at "
+          f"position {same / total:.1%}; first divergence at "
           f"{first_divergences(ours, builtin)}")
     for name, run in runs.items():
         if "forced" in run:
             print(describe_forced(name, "the other loader", run["forced"]))
     ref = reference(Path(a.model), checkpoint, json.loads((work / "prompts.json").read_text()), runs)
     (work / "reference.json").write_text(json.dumps(ref))
-    total = AGREE_PROMPTS * AGREE_TOKENS
     for name, run in runs.items():
         print(f"{name} vs float32 reference: greedy agreement {agreement(run['tokens'], ref['greedy']):.1%} "
               f"(first divergence at {first_divergences(run['tokens'], ref['greedy'])}); |log-prob error| "

@@ -93,7 +93,7 @@ WGMMA_TILINGS = (wgmma_config(128, 128, 1), wgmma_config(256, 128, 1), wgmma_con
 # at M=64 one warpgroup per 64 x 128 tile: 101.0 / 33.6 us against gemm16's 109.1 / 38.8 on W4 8192x28672 and
 # W2 4096x14336, 0.86-0.89x on three other W4 shapes (H200, sixth session): a candidate, not a default
 WGMMA_M64 = wgmma_config(64, 128, 2, warps=4, stages=3)
-# two more M=64 candidates (H200, seventh session, ci/gpu/probe_wgmma.py --ms 64): 64 x 64 tiles split to 4 waves took
+# two more M=64 candidates (H200, eighth session, ci/gpu/probe_wgmma.py --ms 64): 64 x 64 tiles split to 4 waves took
 # 32.4 us on W4 g128 asym 4096x14336 against 35.3 for WGMMA_M64 and 46.4 for gemm16's default; two warpgroups per
 # 64 x 128 tile took 31.8 on W2 g64 4096x14336 against 33.5 and 38.8. On W4 g128 sym gemm16 stays ahead except on
 # 8192x28672 (98.6-100.6 against 107.4). Word tiles two blocks ahead instead of one were no faster (not kept).
@@ -278,6 +278,15 @@ def _cache_path_from_env() -> Path | None:
     return Path(value) if value.strip() else None
 
 
+def read_choices(path: Path) -> dict[str, KernelConfig]:
+    """A tuning cache file's choices; ValueError (JSONDecodeError included) if it is not one."""
+    raw = json.loads(path.read_text())
+    try:
+        return {key: KernelConfig(**cfg) for key, cfg in raw.items()}
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"not a kernel tuning cache: {exc}") from exc
+
+
 class Tuner:
     """Per-key choice of :class:`KernelConfig`; thread-safe, persisted as JSON (module docstring)."""
 
@@ -287,9 +296,8 @@ class Tuner:
         self._path = _cache_path_from_env()
         if self._path is not None and self._path.exists():
             try:
-                raw = json.loads(self._path.read_text())
-                self._cache = {key: KernelConfig(**cfg) for key, cfg in raw.items()}
-            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                self._cache = read_choices(self._path)
+            except (OSError, ValueError) as exc:
                 _log.warning("vllm_autoround: ignoring the kernel tuning cache %s (%s); kernels will be re-timed",
                              self._path, exc)
 
