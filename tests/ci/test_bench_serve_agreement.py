@@ -86,8 +86,7 @@ def test_the_marlin_control_runs_with_machete_disabled_and_both_pairs_are_report
     argv = ["--work", str(tmp_path), "--configs", "ours_w4,builtin_marlin_w4,builtin_w4"]
     assert run_main(monkeypatch, bench_serve, argv, fake_run) == 0
     assert envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"] == "MacheteLinearKernel,AllSparkLinearKernel"
-    assert "VLLM_DISABLED_KERNELS" not in envs["builtin_w4"] or envs["builtin_w4"]["VLLM_DISABLED_KERNELS"] != (
-        envs["builtin_marlin_w4"]["VLLM_DISABLED_KERNELS"])
+    assert "MacheteLinearKernel" not in envs["builtin_w4"].get("VLLM_DISABLED_KERNELS", "")
     table = capsys.readouterr().out
     assert "greedy agreement ours_w4 vs builtin_w4 (tokens before first divergence, 8 prompts x 64): 50.0%" in table
     assert "greedy agreement builtin_marlin_w4 vs builtin_w4 (tokens before first divergence, 8 prompts x 64): " \
