@@ -16,6 +16,10 @@ wall-clock limit still prints its table and copies its results to $OUT.
 writes them to $OUT/tune_cache.json): on a fresh machine the tuner otherwise spends about a minute of device
 time timing candidates before our engine serves. Use it only with the same kernel code.
 
+Each configuration's process logs vLLM at INFO to WORK/logs/NAME[.roundR].log (copied to $OUT); the console
+gets its timings, errors and startup phases. vLLM's JIT monitor runs verbose, and the table counts the kernels
+it saw compiled while serving (after the engine's warm-up), per configuration and round.
+
 ``--rounds R`` measures every configuration R times, the order reversed in every other round (A B, B A, …),
 and the table reports the median over rounds. Why: on the H200 the same engine measured up to 37% apart
 depending on whether it started first or second in a call (2026-12-04, seventh session), so one pass per
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -47,9 +52,13 @@ CONFIGS = {  # name: (checkpoint, --quantization)
     # a control: the built-in loader again, with Machete disabled so that it runs Marlin (CONFIG_ENV)
     "builtin_marlin_w4": ("w4g128", None),
 }
-# extra environment per configuration (the subprocess's); INFO logs show vLLM's "Using ...LinearKernel" line
-CONFIG_ENV = {"builtin_marlin_w4": {"VLLM_DISABLED_KERNELS": "MacheteLinearKernel,AllSparkLinearKernel",
-                                    "VLLM_LOGGING_LEVEL": "INFO"}}
+# extra environment per configuration (the subprocess's)
+CONFIG_ENV = {"builtin_marlin_w4": {"VLLM_DISABLED_KERNELS": "MacheteLinearKernel,AllSparkLinearKernel"}}
+# vLLM's JIT monitor (verbose: one line per event): a kernel compiled after the engine's warm-up, i.e. while serving
+JIT_EVENT = re.compile(r"JIT compilation during inference: (\w+)")
+# the lines of a configuration's log (vLLM at INFO) echoed to the console; the whole log goes to WORK/logs and $OUT
+ECHOED = re.compile(r"tok/s|JIT|Traceback|Error|init engine|torch\.compile took|Graph capturing finished|"
+                    r"load failure|Directly load|Using \w+LinearKernel|vllm_autoround|auto_round")
 CHECKPOINTS = {"w4g128": ("4", "128"), "w3g64": ("3", "64"), "w2g64": ("2", "64")}
 # the pair whose greedy agreement issue 5 asks for (ours_w4, builtin_w4), and a control pair of two vLLM kernels
 # on the same checkpoint (builtin_marlin_w4, builtin_w4): the agreement two valid kernels reach on this model.
@@ -138,7 +147,8 @@ def make_llm(work: Path, name: str, **extra):
     # CUDA graphs captured for exactly the batch sizes measured: vLLM's defaults otherwise, faster to start.
     return checked_llm(model=str(work / ckpt), quantization=quantization, dtype="bfloat16", max_model_len=1024,
                        gpu_memory_utilization=0.85, seed=0, max_num_seqs=256,
-                       compilation_config={"cudagraph_capture_sizes": list(BATCHES) + [AGREE_PROMPTS, 4]}, **extra)
+                       compilation_config={"cudagraph_capture_sizes": list(BATCHES) + [AGREE_PROMPTS, 4]},
+                       jit_monitor_verbose=True, **extra)
 
 
 def run_one(work: Path, name: str) -> dict:
@@ -153,9 +163,10 @@ def run_one(work: Path, name: str) -> dict:
     llm.generate(prompts(4, 99), greedy, use_tqdm=False)  # warm-up
     for batch in BATCHES:
         batch_prompts = prompts(batch, batch)
-        # Untimed first: the prefill of a new batch size meets new M buckets, which our kernel autotuner times
-        # on first use (seconds). Inside the timed 1-token run that made single timings 1.6-3x too high or
-        # negative (2026-12-04, batch 16).
+        # Untimed first: the prefill of a new batch size used to meet M buckets our kernel autotuner had not
+        # timed (seconds); inside the timed 1-token run that made single timings 1.6-3x too high or negative
+        # (2026-12-04, batch 16). The plugin now prepares every bucket at startup (kernels/warmup.py); this run
+        # stays so that no first use of anything, ours or vLLM's, lands in a timing.
         llm.generate(batch_prompts, one, use_tqdm=False)
         llm.generate(batch_prompts, SamplingParams(max_tokens=8, ignore_eos=True, temperature=0.0), use_tqdm=False)
         runs = []
@@ -297,6 +308,13 @@ def report(results_dir: Path) -> str:
             share = agreement(results[a]["greedy"], results[b]["greedy"])
             lines.append(f"\ngreedy agreement {a} vs {b} (tokens before first divergence, "
                          f"{AGREE_PROMPTS} prompts x {AGREE_TOKENS}): {share:.1%}")
+    jit = {name: [r["jit_during_inference"] for r in rounds if "jit_during_inference" in r]
+           for name, rounds in grouped.items()}
+    for name, counts in jit.items():
+        if counts:
+            lines.append(f"JIT compilations while serving (vLLM's JIT monitor), {name}: " + "; ".join(
+                f"round {i}: " + (", ".join(f"{k} x{v}" for k, v in sorted(c.items())) or "none")
+                for i, c in enumerate(counts, 1)))
     for name in PARTNERS:
         for forced in forced_scores(results.get(name, {})):
             lines.append(describe_forced(name, forced["partner"], forced))
@@ -368,11 +386,15 @@ def main() -> int:
                   "another call", flush=True)
             break
         began = time.monotonic()
-        proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name, "--round",
-                               str(round_no)], env=config_env(name))
+        log_path = work / "logs" / f"{path.stem}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w") as log:
+            proc = subprocess.run([sys.executable, __file__, "--work", str(work), "--one", name, "--round",
+                                   str(round_no)], env=config_env(name), stdout=log, stderr=subprocess.STDOUT)
         slowest = max(slowest or 0.0, time.monotonic() - began)
+        record_jit_events(path, echo_log(log_path))
         if proc.returncode != 0:
-            print(f"{name}: failed with exit code {proc.returncode}", flush=True)
+            print(f"{name}: failed with exit code {proc.returncode}; log {log_path}", flush=True)
     table = report(results_dir)
     print(table)
     out = os.environ.get("OUT")
@@ -380,13 +402,37 @@ def main() -> int:
         Path(out, "bench_serve.md").write_text(table + "\n")
         for p in results_dir.glob("*.json"):
             Path(out, f"serve_{p.name}").write_text(p.read_text())
+        for p in (work / "logs").glob("*.log"):
+            shutil.copyfile(p, Path(out, f"serve_{p.name}"))
         save_tune_cache(Path(out))
     return 0
 
 
 def config_env(name: str) -> dict[str, str]:
-    """The environment of one configuration's engine process: vLLM at WARNING, plus its CONFIG_ENV."""
-    return {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", **CONFIG_ENV.get(name, {})}
+    """The environment of one configuration's engine process: vLLM at INFO (its startup phases, the kernel it
+    chose, our plugin's warm-up), plus its CONFIG_ENV."""
+    return {**os.environ, "VLLM_LOGGING_LEVEL": "INFO", **CONFIG_ENV.get(name, {})}
+
+
+def echo_log(log_path: Path) -> dict[str, int]:
+    """Print a configuration's log lines that matter (:data:`ECHOED`); the kernels vLLM's JIT monitor saw compiled
+    while serving, with their counts."""
+    events: dict[str, int] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        if ECHOED.search(line):
+            print(line, flush=True)
+        found = JIT_EVENT.search(line)
+        if found:
+            events[found.group(1)] = events.get(found.group(1), 0) + 1
+    return events
+
+
+def record_jit_events(path: Path, events: dict[str, int]) -> None:
+    """Add the JIT monitor's count to a configuration's result (a run that failed wrote none)."""
+    if path.exists():
+        result = json.loads(path.read_text())
+        result["jit_during_inference"] = events
+        path.write_text(json.dumps(result))
 
 
 def seed_tune_cache_or_exit(parser: argparse.ArgumentParser, path: Path) -> None:

@@ -73,7 +73,7 @@ def test_the_marlin_control_runs_with_machete_disabled_and_both_pairs_are_report
 
     envs = {}
 
-    def fake_run(cmd, env=None):
+    def fake_run(cmd, env=None, **kwargs):
         name = cmd[cmd.index("--one") + 1]
         envs[name] = env
         forced = [{"partner": p, "share": 0.5, "tokens": 2, "gaps": [0.125]} for p in bench_serve.PARTNERS[name]
@@ -98,3 +98,44 @@ def test_the_marlin_control_runs_with_machete_disabled_and_both_pairs_are_report
     old = json.loads((tmp_path / "results" / "builtin_w4.json").read_text())
     old["forced"] = old["forced"][0]
     assert bench_serve.forced_scores(old) == [old["forced"]]
+
+
+def test_each_configuration_logs_to_a_file_and_the_table_counts_kernels_compiled_while_serving(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """vLLM's JIT monitor names every kernel compiled after the engine's warm-up (on the H200, 2026-12-04, it named
+    our wgmma_gemm_kernel): each configuration's log goes to WORK/logs and $OUT, and the table counts the events."""
+    import json
+    import subprocess
+
+    from ci.gpu import bench_serve
+    from tests.ci.script_main import run_main
+
+    engine_logs = {
+        "builtin_w4": "INFO init engine (profile, create kv cache, warmup model) took 40.87 s\n"
+                      "builtin_w4 batch 1: 475 tok/s\nINFO some detail nobody needs on the console\n",
+        "ours_w4": "WARNING [jit_monitor.py:135] Triton kernel JIT compilation during inference: wgmma_gemm_kernel. "
+                   "This causes a latency spike\n" * 2
+                   + "WARNING Triton kernel JIT compilation during inference: gemm16_kernel. This causes\n",
+    }
+
+    def fake_run(cmd, env=None, stdout=None, stderr=None):
+        name = cmd[cmd.index("--one") + 1]
+        assert env["VLLM_LOGGING_LEVEL"] == "INFO" and stderr == subprocess.STDOUT
+        stdout.write(engine_logs[name])
+        result = {"startup_s": 1.0, "tok_s": {str(b): 10.0 for b in bench_serve.BATCHES}, "greedy": [[1]]}
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(result))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--work", str(tmp_path), "--configs", "builtin_w4,ours_w4"]
+    assert run_main(monkeypatch, bench_serve, argv, fake_run, out=str(out)) == 0
+    console = capsys.readouterr().out
+    assert "took 40.87 s" in console and "batch 1: 475 tok/s" in console
+    assert "nobody needs" not in console
+    assert "JIT compilations while serving (vLLM's JIT monitor), builtin_w4: round 1: none" in console
+    assert ("JIT compilations while serving (vLLM's JIT monitor), ours_w4: round 1: gemm16_kernel x1, "
+            "wgmma_gemm_kernel x2") in console
+    assert json.loads((tmp_path / "results" / "ours_w4.json").read_text())["jit_during_inference"] == {
+        "wgmma_gemm_kernel": 2, "gemm16_kernel": 1}
+    assert (out / "serve_ours_w4.log").read_text() == engine_logs["ours_w4"]

@@ -22,7 +22,7 @@ def test_budget_leaves_the_configurations_that_would_not_fit(tmp_path, monkeypat
     clock = [0.0]
     ran = []
 
-    def fake_run(cmd, env=None):
+    def fake_run(cmd, env=None, **kwargs):
         name = cmd[cmd.index("--one") + 1]
         ran.append(name)
         clock[0] += 200.0  # every configuration takes 200 s
@@ -45,7 +45,7 @@ def test_kept_results_are_announced_and_remeasure_runs_them_again(tmp_path, monk
     word (2026-12-04): it now says so, and --remeasure measures it again."""
     ran = []
 
-    def fake_run(cmd, env=None):
+    def fake_run(cmd, env=None, **kwargs):
         name = cmd[cmd.index("--one") + 1]
         ran.append(name)
         (tmp_path / "results" / f"{name}.json").write_text('{"new": 1}')
@@ -58,7 +58,7 @@ def test_kept_results_are_announced_and_remeasure_runs_them_again(tmp_path, monk
     assert run_main(monkeypatch, bench_serve, args, fake_run) == 0 and ran == []
     assert "ours_w4: kept from an earlier call" in capsys.readouterr().out
     assert run_main(monkeypatch, bench_serve, args + ["--remeasure"], fake_run) == 0 and ran == ["ours_w4"]
-    assert (tmp_path / "results" / "ours_w4.json").read_text() == '{"new": 1}'
+    assert json.loads((tmp_path / "results" / "ours_w4.json").read_text())["new"] == 1
 
 
 def test_rounds_alternate_the_order_and_the_table_reports_medians(tmp_path, monkeypatch, capsys):
@@ -66,7 +66,7 @@ def test_rounds_alternate_the_order_and_the_table_reports_medians(tmp_path, monk
     the median over rounds; greedy tokens come from round 1."""
     ran = []
 
-    def fake_run(cmd, env=None):
+    def fake_run(cmd, env=None, **kwargs):
         name, round_no = cmd[cmd.index("--one") + 1], int(cmd[cmd.index("--round") + 1])
         ran.append((name, round_no))
         speed = {"builtin_w4": 100.0, "ours_w4": 120.0}[name] * (1 + round_no) / 2  # 100, 150, 200 for builtin

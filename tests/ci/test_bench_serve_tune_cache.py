@@ -15,7 +15,7 @@ from vllm_autoround.kernels.tuning import Tuner, default_cache_path
 
 
 def _fake_main(monkeypatch, tmp_path, *extra, out=None):
-    def fake_run(cmd, env=None):
+    def fake_run(cmd, env=None, **kwargs):
         # what the engine's tuner would have written while serving
         path = default_cache_path()
         choices = json.loads(path.read_text()) if path.exists() else {}

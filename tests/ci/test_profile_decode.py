@@ -50,7 +50,7 @@ def test_each_configuration_is_profiled_in_its_own_environment(tmp_path, monkeyp
 
     envs = {}
 
-    def fake_run(cmd, env=None):
+    def fake_run(cmd, env=None, **kwargs):
         name = cmd[cmd.index("--one") + 1]
         envs[name] = env
         return subprocess.CompletedProcess(cmd, 1)

@@ -105,3 +105,22 @@ def test_the_config_line_of_both_vllm_versions_names_the_method():
     assert resolved_quantization("noise\n" + line + "\nmore") == "auto_round"
     assert resolved_quantization(line.replace("auto_round", "inc")) == "inc"
     assert resolved_quantization("no engine started") is None
+
+
+def test_our_log_lines_go_through_vllms_handlers_at_its_level():
+    """Our modules log under ``vllm_autoround``, outside vLLM's tree: without vLLM's handlers a server dropped their
+    INFO lines (the kernels' warm-up times) and printed warnings unformatted."""
+    import logging
+
+    from vllm_autoround.serving.plugin import share_handlers
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    vllm_logger, ours = logging.Logger("vllm", level=logging.INFO), logging.Logger("vllm_autoround")
+    vllm_logger.addHandler(handler)
+    share_handlers(vllm_logger, ours)
+    share_handlers(vllm_logger, ours)  # vLLM calls register() in every process it starts, maybe more than once
+    ours.debug("below vLLM's level")
+    ours.info("prepared in 1.00 s")
+    assert seen == ["prepared in 1.00 s"] and ours.handlers == [handler]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_autoround.kernels import launch
+from vllm_autoround.kernels import launch, warmup
 from vllm_autoround.kernels import triton_kernels as tk
 from vllm_autoround.kernels.layout import PreparedWeight, block_k, dequantize_prepared
 from vllm_autoround.kernels.tuning import TUNER
@@ -31,8 +31,10 @@ def _out_fake(x: torch.Tensor, qweight: torch.Tensor) -> torch.Tensor:
 def quantized_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                    counters: torch.Tensor, bias: torch.Tensor | None, bits: int, group_size: int, in_features: int,
                    zero_point: int, interleave: int) -> torch.Tensor:
-    """``x[M, K] @ W.T (+ bias)``; picks the kernel for M (tuned or default configuration)."""
+    """``x[M, K] @ W.T (+ bias)``; picks the kernel for M (tuned or default configuration). A weight shape's
+    first call with M rows prepares every smaller M bucket too (:mod:`.warmup`)."""
     p = _prepared(qweight, scales, zeros, counters, bias, bits, group_size, in_features, zero_point, interleave)
+    warmup.prepare_for(x, p)
     return launch.run(x, p, TUNER.choose(x, p))
 
 

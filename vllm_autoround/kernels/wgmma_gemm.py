@@ -96,7 +96,9 @@ if HAVE_GLUON:
         return gl.load(w_ptr + gl.expand_dims(i * R + offs_r, 0) * N + gl.expand_dims(offs_n, 1),
                        mask=gl.expand_dims(n_mask, 1), other=0)
 
-    @gluon.jit
+    # M and the split-K counts change with every call: Triton would otherwise compile a variant per class of
+    # them (== 1, divisible by 16), some first met in the middle of serving (vLLM's JIT monitor, 2026-12-04)
+    @gluon.jit(do_not_specialize=["M", "blocks_per_split", "split_k"])
     def wgmma_gemm_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_om,
                           blocks_per_split, split_k, BITS: gl.constexpr, GS: gl.constexpr, ZERO: gl.constexpr,
                           HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, REDUCE: gl.constexpr, BLOCK_M: gl.constexpr,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 METHOD_NAME = "auto_round"
 
 
@@ -12,6 +14,21 @@ def register() -> None:
     from vllm_autoround.serving.config import AutoRoundConfig
 
     register_quantization_config(METHOD_NAME)(AutoRoundConfig)
+    share_handlers(logging.getLogger("vllm"), logging.getLogger("vllm_autoround"))
+
+
+def share_handlers(source: logging.Logger, target: logging.Logger) -> None:
+    """Give ``target`` (our package's logger) ``source``'s handlers and level (idempotent).
+
+    Why: our modules log under ``vllm_autoround``, outside vLLM's logger tree, so in a server their INFO lines
+    (the kernels' warm-up times) went nowhere and their warnings reached stderr unformatted. With vLLM's handlers
+    they appear in its log, in its format, at its ``VLLM_LOGGING_LEVEL``.
+    """
+    for handler in source.handlers:
+        if handler not in target.handlers:
+            target.addHandler(handler)
+    if source.handlers:
+        target.setLevel(source.level)
 
 
 ENTRY_POINT_GROUP = "vllm.general_plugins"
