@@ -256,3 +256,29 @@ def test_wgmma_failure_is_reported_once_and_falls_back(interpreter, monkeypatch,
     assert len(calls) == 1
     warnings = [r.getMessage() for r in caplog.records if "Gluon kernel" in r.getMessage()]
     assert len(warnings) == 1 and "async_load" in warnings[0] and "max_registers=96" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("split", [1, 2, 4])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_split_k_partials_are_summed_in_one_pass(interpreter, split, dtype):
+    """The Gluon kernel's split-K partials above M=64 (one kernel where torch took two or three): against a float64
+    sum, into a poisoned, strided output with M and N tails past the 32 x 128 tiles, with and without a bias."""
+    from vllm_autoround.kernels.wgmma_gemm import add_partials
+
+    g = torch.Generator().manual_seed(split)
+    m, n = 37, 200
+    part = torch.randn(split, m, n, generator=g)
+    for bias in (None, torch.randn(n, generator=g).half()):
+        wide = torch.full((m, n + 24), float("nan"), dtype=dtype)
+        out = wide[:, :n]
+        add_partials(part, bias, out)
+        ref = part.double().sum(0) + (0 if bias is None else bias.double())
+        assert rel_err(out, ref) < BOUND[dtype]
+        assert torch.isnan(wide[:, n:].float()).all(), "wrote past the output's columns"
+
+
+def test_split_k_partials_need_unit_column_stride(interpreter):
+    from vllm_autoround.kernels.wgmma_gemm import add_partials
+
+    with pytest.raises(ValueError, match="unit column stride"):
+        add_partials(torch.zeros(2, 4, 8), None, torch.zeros(8, 4, dtype=torch.bfloat16).t())

@@ -772,3 +772,20 @@ def dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, K, opaque_zero,
         kk = kj + offs_r
         tl.store(out_ptr + kk[:, None] * N + offs_n[None, :], (q * s[None, :]).to(out_ptr.dtype.element_ty),
                  mask=(kk < K)[:, None] & n_mask[None, :])
+
+
+@_jit_runtime_ints
+def sum_partials_kernel(part_ptr, b_ptr, out_ptr, M, N, stride_om, split_k,
+                        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """``out = Σ_s part[s] (+ bias)`` in out's dtype, for split-K partials a kernel left behind (float32
+    ``[split_k, M, N]``): one pass over them, where torch's sum, bias add and cast took two or three."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    part_ptrs = part_ptr + offs_m[:, None] * N + offs_n[None, :]
+    total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in range(split_k):
+        total += tl.load(part_ptrs + s * M * N, mask=mask, other=0)
+    if HAS_BIAS:
+        total += tl.load(b_ptr + offs_n, mask=offs_n < N, other=0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], total.to(out_ptr.dtype.element_ty), mask=mask)
