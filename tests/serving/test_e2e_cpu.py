@@ -43,12 +43,13 @@ def test_our_checkpoints_serve_like_hf(request, tmp_path, family, scheme):
     serve_and_compare(ckpt)
 
 
-def test_default_compiled_mode_and_dequant_cache(toy_llama, tmp_path):
-    """vLLM's default (torch.compile) path, with the optional cached dequantized weights."""
+def test_default_compiled_mode(toy_llama, tmp_path):
+    """vLLM's default (torch.compile) path through torch's int4-packed GEMM, which the CPU uses for 2-4 bits."""
     ckpt = tmp_path / "w4_g128"
     run_quantize(toy_llama, ckpt, "--bits", "4", "--group_size", "128", "--iters", "0")
-    env = dict(cpu_env(), VLLM_AUTOROUND_DEQUANT_CACHE="1")
-    serve_and_compare(ckpt, extra_args=(), env=env)
+    with VLLMServer(ckpt, quantization="auto_round") as server:
+        assert_served_matches_hf(server.base_url, ckpt, eval_prompts(ckpt))
+        assert "int4-packed CPU GEMM" in server.log_path.read_text()
 
 
 def test_auto_round_checkpoint_serves_and_reads_exactly(toy_qwen3, tmp_path):
@@ -70,7 +71,8 @@ def test_auto_round_checkpoint_serves_and_reads_exactly(toy_qwen3, tmp_path):
     assert torch.equal(ours, their_weight)
     independent = dequantized_state_dict(ckpt)["model.layers.0.mlp.down_proj.weight"]
     assert torch.equal(ours, independent.to(torch.float16))
-    serve_and_compare(ckpt)
+    # the torch reference path, which XPU and Gaudi use for every layer
+    serve_and_compare(ckpt, env=dict(cpu_env(), VLLM_AUTOROUND_CPU_INT4="0"))
 
 
 @pytest.mark.parametrize("scheme", ["w3_g32_asym", "w8_per_channel"])
@@ -84,12 +86,13 @@ def test_tensor_parallel_two_shards(toy_qwen3, tmp_path, scheme):
 
 
 def test_signround_checkpoint_serves_like_hf(toy_llama, tmp_path):
-    """A tuned (iters > 0) W3 asym checkpoint goes through the same path as RTN ones."""
+    """A tuned (iters > 0) W3 asym checkpoint goes through the same path as RTN ones; here with the optional
+    cached dequantized weights."""
     from tests.quantize.signround_helpers import make_signround_checkpoint
 
     ckpt = make_signround_checkpoint(toy_llama, tmp_path / "signround", 3, 32, "--asym")
     assert json.loads((ckpt / "quantize_report.json").read_text())["method"] == "signround"
-    serve_and_compare(ckpt)
+    serve_and_compare(ckpt, env=dict(cpu_env(), VLLM_AUTOROUND_DEQUANT_CACHE="1"))
 
 
 def test_real_model_with_regrouped_layers_serves_like_hf(smollm2, tmp_path):

@@ -20,11 +20,13 @@ from vllm.model_executor.parameter import (
 
 from vllm_autoround.format.errors import FormatError
 from vllm_autoround.format.schema import PER_CHANNEL, LayerScheme
+from vllm_autoround.kernels import cpu_int4
 from vllm_autoround.kernels.reference import dequantize, reference_linear
 from vllm_autoround.serving import backend
 
 logger = init_logger(__name__)
 SCALE_PARAM_DTYPE = torch.float32  # holds fp16/bf16 checkpoint scales exactly
+CPU_INT4 = "cpu_int4"  # the torch path on a CPU, through torch's int4-packed GEMM
 
 
 def _frozen(tensor: torch.Tensor) -> torch.nn.Parameter:
@@ -96,6 +98,29 @@ class AutoRoundLinearMethod(LinearMethodBase):
         if self.backend == backend.TORCH and backend.dequant_cache_enabled():
             layer.dequantized_weight = _frozen(self._dequantize(layer, layer.autoround_params_dtype))
             self.cache_dequantized = True
+        elif self.backend == backend.TORCH and self._int4_packable(layer):
+            self._prepare_cpu_int4(layer)
+
+    def _int4_packable(self, layer: torch.nn.Module) -> bool:
+        """CPU platform, CPU tensors, a scheme torch's int4-packed GEMM can take (:mod:`~vllm_autoround.kernels.
+        cpu_int4`), and not turned off (``VLLM_AUTOROUND_CPU_INT4=0``, which leaves the reference path XPU and Gaudi
+        use)."""
+        s = self.scheme
+        in_features = layer.qweight.shape[0] * 32 // s.bits
+        return (backend.cpu_int4_enabled() and backend.device_type() == "cpu" and layer.qweight.device.type == "cpu"
+                and cpu_int4.supported(s.bits, s.group_size, in_features))
+
+    def _prepare_cpu_int4(self, layer: torch.nn.Module) -> None:
+        s = self.scheme
+        packed = cpu_int4.pack(layer.qweight.data, layer.qzeros.data, layer.scales.data, s.bits, s.group_size,
+                               self.zero_point_offset, layer.autoround_params_dtype)
+        layer.autoround_int4_weight = _frozen(packed.weight)
+        layer.autoround_int4_scales_and_zeros = _frozen(packed.scales_and_zeros)
+        layer.autoround_int4_meta = (packed.group_size, packed.out_features)
+        del layer.qweight, layer.qzeros, layer.scales
+        self.backend = CPU_INT4
+        logger.info_once("auto_round: 2-, 3- and 4-bit layers run torch's int4-packed CPU GEMM (%s activations)",
+                         packed.scales_and_zeros.dtype)
 
     def _prepare_triton(self, layer: torch.nn.Module) -> None:
         from vllm_autoround import kernels
@@ -131,6 +156,11 @@ class AutoRoundLinearMethod(LinearMethodBase):
             tensors = {name: getattr(layer, f"autoround_{name}") for name in prepared_type.tensor_names()}
             prepared = prepared_type.from_tensors(tensors, layer.autoround_prepared_meta)
             return kernels.quantized_linear(x, prepared, bias)
+        if self.backend == CPU_INT4:
+            packed = cpu_int4.Int4Packed(layer.autoround_int4_weight, layer.autoround_int4_scales_and_zeros,
+                                         *layer.autoround_int4_meta)
+            dtype = packed.scales_and_zeros.dtype
+            return cpu_int4.linear(x.to(dtype), packed, bias).to(x.dtype)
         if self.cache_dequantized:
             return torch.nn.functional.linear(x, layer.dequantized_weight.to(x.dtype), bias)
         s = self.scheme
