@@ -52,9 +52,9 @@ def pack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, bits
     """Repack checkpoint tensors (GPTQ layout, see :mod:`vllm_autoround.format`) once, at load time."""
     codes = unpack_rows(qweight, bits)  # [K, N]
     k, n = codes.shape
-    op_gs = op_group_size(group_size, k)
-    if bits > 4 or op_gs is None:
+    if not supported(bits, group_size, k):
         raise ValueError(f"cpu_int4: no int4-pack layout for bits={bits} group_size={group_size} K={k}")
+    op_gs = op_group_size(group_size, k)
     span = k if group_size == -1 else group_size
     zeros = unpack_cols(qzeros, bits) + zero_point_offset  # [G, N]
     shift = torch.minimum((zeros - MID).clamp_min(0), zeros + MID - 2 ** bits)  # r: q' = q - z + 8 + r in [0, 15]

@@ -69,7 +69,7 @@ def warm_buckets(p: PreparedWeight, dtype: torch.dtype, device: torch.device, up
 
 def _shape_key(x: torch.Tensor, p: PreparedWeight) -> tuple:
     """What a launch's compiled variant and the tuner's key depend on, besides M."""
-    return (str(x.device), x.dtype, p.bits, p.group_size, p.zero_point, p.interleave, p.in_features,
+    return (x.device, x.dtype, p.bits, p.group_size, p.zero_point, p.interleave, p.in_features,
             p.padded_in_features, p.out_features, p.bias is not None)
 
 

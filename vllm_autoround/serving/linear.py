@@ -102,13 +102,14 @@ class AutoRoundLinearMethod(LinearMethodBase):
             self._prepare_cpu_int4(layer)
 
     def _int4_packable(self, layer: torch.nn.Module) -> bool:
-        """CPU platform, CPU tensors, a scheme torch's int4-packed GEMM can take (:mod:`~vllm_autoround.kernels.
+        """CPU tensors, a scheme torch's int4-packed GEMM can take (:mod:`~vllm_autoround.kernels.
         cpu_int4`), and not turned off (``VLLM_AUTOROUND_CPU_INT4=0``, which leaves the reference path XPU and Gaudi
         use)."""
-        s = self.scheme
-        in_features = layer.qweight.shape[0] * 32 // s.bits
-        return (backend.cpu_int4_enabled() and backend.device_type() == "cpu" and layer.qweight.device.type == "cpu"
-                and cpu_int4.supported(s.bits, s.group_size, in_features))
+        return (backend.cpu_int4_enabled() and layer.qweight.device.type == "cpu"
+                and cpu_int4.supported(self.scheme.bits, self.scheme.group_size, self._in_features(layer)))
+
+    def _in_features(self, layer: torch.nn.Module) -> int:
+        return layer.qweight.shape[0] * 32 // self.scheme.bits
 
     def _prepare_cpu_int4(self, layer: torch.nn.Module) -> None:
         s = self.scheme
@@ -126,7 +127,7 @@ class AutoRoundLinearMethod(LinearMethodBase):
         from vllm_autoround import kernels
 
         s = self.scheme
-        in_features = layer.qweight.shape[0] * 32 // s.bits
+        in_features = self._in_features(layer)
         out_features = layer.qweight.shape[1]
         supports = getattr(kernels, "supports", None)
         if supports is None or not supports(s.bits, s.group_size, in_features, out_features, layer.qweight.device):
