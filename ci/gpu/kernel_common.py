@@ -84,6 +84,8 @@ def time_runs(rows: list, label: str, x: torch.Tensor, ck: dict, preps: list, ru
         try:
             err = rel_err(fn(x, preps[0]), ref)
             us = time_graph([lambda p=p, fn=fn: fn(x, p) for p in preps])
+            # checked again after the timed replays: state a kernel borrows (split-K counters) must come back
+            err = max(err, rel_err(fn(x, preps[0]), ref))
         except Exception as exc:  # noqa: BLE001 - reported, the sweep goes on
             rows.append(dict(shape=label, kernel=kernel, error=str(exc)[:300]))
             print(f"{label:34} {kernel:52} failed: {str(exc)[:200]}", flush=True)
