@@ -169,26 +169,24 @@ def loop_report(bits: int, group_size: int, block_n: int, warps: int, prefetch: 
 
 
 def compile_wgmma(bits: int, group_size: int, block_m: int, block_n: int, warps: int, stages: int, sym: bool = True,
-                  fp16: bool = False, max_registers: int = 0, stream_k: bool = False):
-    """The Gluon large-M kernel (``kernels.wgmma_gemm``) compiled for sm_90 (no split, bf16 or fp16 x), or its
-    stream-K form."""
+                  fp16: bool = False, max_registers: int = 0):
+    """The Gluon large-M kernel (``kernels.wgmma_gemm``) compiled for sm_90 (no split, bf16 or fp16 x)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     from vllm_autoround.kernels import wgmma_gemm as wg
 
-    kernel = wg.wgmma_streamk_kernel if stream_k else wg.wgmma_gemm_kernel
+    kernel = wg.wgmma_gemm_kernel
     dt = "fp16" if fp16 else "bf16"
     x_layout = wg.x_layout(block_m, fp16)
     signature = {"x_desc": f"tensordesc<{dt}[{block_m}, {wg.CHUNK}],{x_layout!r}>", "w_ptr": "*i32",
                  "s_ptr": "*fp16", "z_ptr": "*fp16" if sym else "*u8", "b_ptr": f"*{dt}", "out_ptr": f"*{dt}",
                  "part_ptr": "*fp32", "cnt_ptr": "*i32"}
-    runtime = ("m_tiles", "total") if stream_k else ("blocks_per_split", "split_k")
-    signature |= {name: "i32" for name in ("M", "N", "K", "stride_om") + runtime}
+    signature |= {name: "i32" for name in ("M", "N", "K", "stride_om", "blocks_per_split", "split_k")}
     constants = dict(BITS=bits, GS=max(group_size, 0), ZERO=2 ** (bits - 1) if sym else -1, HAS_BIAS=False,
-                     BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, SCALES_AHEAD=not max_registers,
-                     num_warps=warps) | ({} if stream_k else dict(SPLIT=False, REDUCE=False))
+                     SPLIT=False, REDUCE=False, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages,
+                     SCALES_AHEAD=not max_registers, num_warps=warps)
     signature |= {name: "constexpr" for name in constants}
     aligned = ("w_ptr", "s_ptr", "z_ptr", "b_ptr", "out_ptr", "part_ptr", "N", "K", "stride_om")
     attrs = {(kernel.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
@@ -245,11 +243,11 @@ _HGMMA = re.compile(r"HGMMA\.\w+\.F32\.(?:BF16|F16) R\d+, (\w+)")
 
 
 def wgmma_report(bits: int, group_size: int, block_m: int = 128, block_n: int = 128, warps: int = 8, stages: int = 2,
-                 sym: bool = True, fp16: bool = False, max_registers: int = 0, stream_k: bool = False) -> dict:
+                 sym: bool = True, fp16: bool = False, max_registers: int = 0) -> dict:
     """How the Gluon kernel compiles: registers and spills, the K loop's MMAs and where their weight operand
     comes from (a register, not a shared-memory descriptor), how often the code waits for MMAs (one wait per
     MMA: ptxas serialized them), and whether x arrives by TMA."""
-    compiled = compile_wgmma(bits, group_size, block_m, block_n, warps, stages, sym, fp16, max_registers, stream_k)
+    compiled = compile_wgmma(bits, group_size, block_m, block_n, warps, stages, sym, fp16, max_registers)
     sass, usage = disassemble(compiled.asm["cubin"])
     ops = main_loop_opcodes(sass)
     regs = re.search(r"REG:(\d+)", usage)
@@ -275,13 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--asym", action="store_true", help="zero points per group (default: one shared zero point)")
     p.add_argument("--max_registers", type=int, default=0, help="wgmma: ptxas's register cap (0: none)")
     p.add_argument("--prefetch", action="store_true")
-    p.add_argument("--stream_k", action="store_true", help="wgmma: the stream-K form of the kernel")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     a = p.parse_args(argv)
     if a.kernel == "wgmma":
         print(json.dumps(wgmma_report(a.bits, a.group_size, block_m=a.block_m, block_n=a.block_n, warps=a.warps,
-                                      stages=a.stages, sym=not a.asym, max_registers=a.max_registers,
-                                      stream_k=a.stream_k)))
+                                      stages=a.stages, sym=not a.asym, max_registers=a.max_registers)))
         return 0
     if a.kernel == "tma_gemv":
         print(json.dumps(tma_gemv_report(a.bits, a.group_size, block_n=a.block_n, warps=a.warps, stages=a.stages,

@@ -48,19 +48,12 @@ TILINGS = WGMMA_TILINGS + (wgmma_config(128, 128, 0), wgmma_config(64, 128, 1, s
                            # from L2 of 128-row tiles
                            wgmma_config(128, 256, 1, warps=16), wgmma_config(128, 256, 1, warps=16, max_registers=128),
                            wgmma_config(64, 256, 1, warps=16, stages=3), wgmma_config(64, 256, 1, warps=8, stages=3),
-                           wgmma_config(128, 256, 1, warps=16, stages=3),
-                           # stream-K (indices 23-27): about one program per SM (two under the register cap), the
-                           # (tile, K block) units cut evenly between them
-                           wgmma_config(256, 128, 1, stream_k=True), wgmma_config(128, 128, 1, stream_k=True),
-                           wgmma_config(128, 128, 2, max_registers=128, stream_k=True),
-                           wgmma_config(256, 128, 1, stages=3, stream_k=True),
-                           wgmma_config(128, 64, 2, warps=4, stages=3, stream_k=True))
+                           wgmma_config(128, 256, 1, warps=16, stages=3))
 
 
 def name(cfg) -> str:
     cap = f" r{cfg.max_registers}" if cfg.max_registers else ""
-    sk = " streamK" if cfg.stream_k else ""
-    return f"gluon {cfg.block_m}x{cfg.block_n} st{cfg.num_stages} w{cfg.num_warps} waves{cfg.waves:g}{cap}{sk}"
+    return f"gluon {cfg.block_m}x{cfg.block_n} st{cfg.num_stages} w{cfg.num_warps} waves{cfg.waves:g}{cap}"
 
 
 def main() -> None:

@@ -90,17 +90,6 @@ def test_wgmma_kernel_decodes_into_register_operands_without_spilling():
         assert report["tma_loads"] > 0, report
 
 
-def test_wgmma_streamk_kernel_keeps_the_k_loop_of_the_tile_kernel():
-    """The stream-K form (a program runs several tiles' K ranges in turn) compiles for sm_90 with the same K loop:
-    register-operand MMAs, three waits, TMA-fed x, no spills, W4 at 256 tokens and asym W2 at 128."""
-    for bits, gs, block_m, extra in ((4, "128", "256", ()), (2, "64", "128", ("--asym",))):
-        report = _report("--kernel", "wgmma", "--bits", str(bits), "--group_size", gs, "--block_m", block_m,
-                         "--warps", "8", "--stream_k", *extra)
-        assert report["spilled_bytes"] == 0 and report["registers"] <= 255, report
-        assert report["register_operand_mmas"] == report["mmas"] == 32 // bits, report
-        assert report["mma_waits"] == 3 and report["tma_loads"] > 0, report
-
-
 def test_wgmma_register_cap_keeps_the_mmas_asynchronous():
     """The tuner's 128-register candidate (two 8-warp programs per SM): ptxas must still keep the MMAs
     asynchronous under the cap, and spill little inside the K loop (4 local loads per block with Triton 3.9)."""

@@ -32,19 +32,17 @@ from vllm_autoround.kernels.tuning import (
 from vllm_autoround.kernels.warmup import warm_buckets
 
 KERNELS = ((tk, "gemv_kernel"), (tk, "gemm_kernel"), (tk, "gemm16_kernel"), (tk, "dequant_kernel"),
-           (tk, "sum_partials_kernel"), (tg, "tma_gemv_kernel"), (wg, "wgmma_gemm_kernel"),
-           (wg, "wgmma_streamk_kernel"))
+           (tk, "sum_partials_kernel"), (tg, "tma_gemv_kernel"), (wg, "wgmma_gemm_kernel"))
 # K = 4 W4 blocks and 112 N tiles of 128: with 132 SMs the split-K decisions change inside buckets
 K, N = 512, 14336
 # one configuration per bucket, every kernel kind among them, dequantize + cuBLAS where its matmul is cheap here;
 # bucket 4's gemv splits K at M=3 but not at M=4, and no other bucket runs that configuration; bucket 512's
-# Gluon tiles split K above M=64, so their partials are summed by a second kernel; bucket 4096 runs stream-K
+# Gluon tiles split K above M=64, so their partials are summed by a second kernel
 PLAN = {1: tma_gemv_config(64, 4), 2: tma_gemv_config(128, 4), 4: GEMV_DEFAULT,
         8: gemm_config(16, 128, 4, w_first=True), 16: gemm16_config(16, 128, 8), 32: DEQUANT,
         64: wgmma_config(64, 128, 2, warps=4, stages=3), 128: gemm16_config(64, 128, 1, stages=3),
         256: wgmma_config(256, 128, 1), 512: wgmma_config(256, 128, 8), 1024: wgmma_config(128, 128, 2),
-        2048: wgmma_config(128, 128, 1, max_registers=128),
-        4096: wgmma_config(128, 128, 2, max_registers=128, stream_k=True)}
+        2048: wgmma_config(128, 128, 1, max_registers=128), 4096: wgmma_config(128, 128, 4)}
 UPTO = 4096
 
 

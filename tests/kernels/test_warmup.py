@@ -44,8 +44,7 @@ def test_a_configuration_compiles_one_variant_whatever_m(launch_keys):
     for kernel, constexprs, key, _ in launch_keys["calls"]:
         variants[kernel, constexprs].add(key)
     assert {kernel for kernel, _ in variants} == {"gemv_kernel", "gemm_kernel", "gemm16_kernel", "dequant_kernel",
-                                                   "sum_partials_kernel", "tma_gemv_kernel", "wgmma_gemm_kernel",
-                                                   "wgmma_streamk_kernel"}
+                                                   "sum_partials_kernel", "tma_gemv_kernel", "wgmma_gemm_kernel"}
     several = {kernel: len(keys) for (kernel, _), keys in variants.items() if len(keys) > 1}
     assert not several, f"variants that differ only in how Triton specialized M-dependent integers: {several}"
 

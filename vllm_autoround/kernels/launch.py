@@ -33,7 +33,6 @@ class KernelConfig:
     w_first: bool = False
     prefetch: bool = False
     max_registers: int = 0  # wgmma: ptxas's register cap per thread (0: its own choice)
-    stream_k: bool = False  # wgmma: waves x SMs programs share the (tile, K block) units evenly
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,12 +231,6 @@ def wgmma(x: torch.Tensor, p: PreparedWeight, cfg: KernelConfig, out: torch.Tens
     m, n = x.shape[0], p.out_features
     out = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
     tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
-    if cfg.stream_k and tiles <= p.counters.numel():
-        return _gluon_or_fallback(cfg, p, lambda: wg.wgmma_streamk(
-            x, p.qweight, p.scales, p.zeros, p.bias, out, p.counters, bits=p.bits, group_size=_group_constexpr(p),
-            zero_point=p.zero_point, in_features=p.in_features, programs=round(cfg.waves * _num_sms(x.device)),
-            block_m=cfg.block_m, block_n=cfg.block_n, stages=cfg.num_stages, num_warps=cfg.num_warps,
-            max_registers=cfg.max_registers), fallback)
     split = max(1, min(8, round(cfg.waves * _num_sms(x.device) / tiles))) if cfg.waves > 0 else 1
     return _gluon_or_fallback(cfg, p, lambda: wg.wgmma_gemm(
         x, p.qweight, p.scales, p.zeros, p.bias, out, bits=p.bits, group_size=_group_constexpr(p),

@@ -65,9 +65,9 @@ def gemm16_config(block_m: int, block_n: int, waves: float, warps: int = 4, stag
 
 
 def wgmma_config(block_m: int, block_n: int, waves: float, warps: int = 8, stages: int = 2,
-                 max_registers: int = 0, stream_k: bool = False) -> KernelConfig:
+                 max_registers: int = 0) -> KernelConfig:
     return KernelConfig("wgmma", block_m=block_m, block_n=block_n, waves=waves, num_warps=warps, num_stages=stages,
-                        max_registers=max_registers, stream_k=stream_k)
+                        max_registers=max_registers)
 
 
 def tma_gemv_config(block_n: int, waves: float, warps: int = 4, stages: int = 4) -> KernelConfig:

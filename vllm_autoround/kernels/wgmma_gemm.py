@@ -104,7 +104,8 @@ if HAVE_GLUON:
         """One output tile's float32 sum over K blocks ``[b_start, b_start + nb)`` (nb ≥ 1), in the MMA layout.
 
         The x ring's barriers are initialised here and invalidated before returning, after every warp has
-        passed its last wait and its MMAs have read x, so one program can run several tiles in turn."""
+        passed its last wait and its MMAs have read x, so a program could run several tiles in turn (the
+        stream-K form of 2026-12-05 did, and lost: docs/kernels.md)."""
         NS: gl.constexpr = 32 // BITS
         BK: gl.constexpr = R * NS
         CH: gl.constexpr = BK // X_CHUNK
@@ -118,7 +119,7 @@ if HAVE_GLUON:
 
         for p in gl.static_range(STAGES):
             mbarrier.init(ready.index(p), count=1)
-        thread_barrier()  # no warp waits on a barrier before it is initialised (again, from a program's 2nd tile)
+        thread_barrier()  # no warp waits on a barrier before it is initialised
         for p in gl.static_range(STAGES - 1):
             if p < nb:
                 _issue(x_desc, x_smem, ready, b_start + p, p, off_m, CH, BK)
@@ -226,69 +227,6 @@ if HAVE_GLUON:
                    b_ptr + on + om * 0, M * N, cnt_ptr, pid_m * gl.num_programs(1) + pid_n, pid_k, split_k,
                    HAS_BIAS, SPLIT, REDUCE)
 
-    @gluon.jit(do_not_specialize=["M", "m_tiles", "total"])
-    def wgmma_streamk_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_om,
-                             m_tiles, total, BITS: gl.constexpr, GS: gl.constexpr, ZERO: gl.constexpr,
-                             HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                             STAGES: gl.constexpr, SCALES_AHEAD: gl.constexpr, num_warps: gl.constexpr):
-        """The same product, stream-K: the ``total`` (tile, K block) units are cut into one contiguous run per
-        program (:func:`streamk_runs`), so every SM gets the same work whatever the tile count. Tiles a run
-        covers whole are stored directly; a tile shared by several runs is summed by the last to finish it
-        (an atomic counter per tile, handed back zero) from float32 partials, two slots per program
-        (``part_ptr[2 * program + (not its first)]``, one tile each)."""
-        BK: gl.constexpr = R * (32 // BITS)
-        TILE: gl.constexpr = BLOCK_M * BLOCK_N
-        kb = gl.cdiv(K, BK)
-        programs = gl.num_programs(0)
-        pid = gl.program_id(0)
-        u_begin = _run_start(pid, total, programs)
-        u_end = _run_start(pid + 1, total, programs)
-        x_smem, ready = _x_ring(x_desc, BITS, BLOCK_M, STAGES)
-        out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[16, 2],
-                                                    warps_per_cta=[1, num_warps], order=[0, 1])
-        u = u_begin
-        while u < u_end:
-            t = u // kb
-            kb0 = u - t * kb
-            nb = gl.minimum(kb - kb0, u_end - u)
-            pid_n = t // m_tiles  # a weight tile's token tiles are neighbours: its words are read once
-            off_m = (t - pid_n * m_tiles) * BLOCK_M
-            off_n = pid_n * BLOCK_N
-            acc = _tile(x_desc, w_ptr, s_ptr, z_ptr, x_smem, ready, off_m, off_n, kb0, nb, N, K, BITS, GS, ZERO,
-                        BLOCK_M, BLOCK_N, STAGES, SCALES_AHEAD, num_warps)
-            om, on, mask = _out_offsets(off_m, off_n, M, N, BLOCK_M, BLOCK_N, out_layout)
-            y = gl.convert_layout(acc, out_layout)
-            local = (om - off_m) * BLOCK_N + (on - off_n)
-            if nb == kb:
-                store_tile(y, out_ptr + om * stride_om + on, part_ptr + local, mask, b_ptr + on + om * 0, TILE,
-                           cnt_ptr, t, 0, 1, HAS_BIAS, False, False)
-            else:
-                gl.store(part_ptr + (2 * pid + (u != u_begin).to(gl.int32)) * TILE + local, y, mask=mask)
-                thread_barrier()
-                first = _run_of(t * kb, total, programs)
-                last = _run_of(t * kb + kb - 1, total, programs)
-                if gl.atomic_add(cnt_ptr + t, 1, sem="acq_rel", scope="gpu") == last - first:
-                    thread_barrier()
-                    y = gl.zeros_like(y)
-                    for q in range(first, last + 1):
-                        slot = 2 * q + (_run_start(q, total, programs) < t * kb).to(gl.int32)
-                        y += gl.load(part_ptr + slot * TILE + local, mask=mask, other=0, cache_modifier=".cg")
-                    if HAS_BIAS:
-                        y += gl.load(b_ptr + on + om * 0, mask=mask, other=0).to(gl.float32)
-                    gl.store(out_ptr + om * stride_om + on, y.to(out_ptr.dtype.element_ty), mask=mask)
-                    gl.atomic_xchg(cnt_ptr + t, 0, sem="relaxed", scope="gpu")
-            u += nb
-
-    @gluon.jit
-    def _run_start(p, total, programs):
-        """First unit of program p's run (the formula of :func:`streamk_runs`)."""
-        return (p.to(gl.int64) * total // programs).to(gl.int32)
-
-    @gluon.jit
-    def _run_of(u, total, programs):
-        """The program whose run holds unit u: the largest p with ``_run_start(p) <= u``."""
-        return (((u + 1).to(gl.int64) * programs - 1) // total).to(gl.int32)
-
     @gluon.jit
     def store_tile(y, out_ptrs, part_ptrs, mask, bias_ptrs, part_stride, cnt_ptr, tile, pid_k, split_k,
                     HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, REDUCE: gl.constexpr):
@@ -365,38 +303,6 @@ def wgmma_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
                             **({"maxnreg": max_registers} if max_registers else {}))
     if split > 1 and not reduce:
         add_partials(part, bias, out)
-    return out
-
-
-def streamk_runs(total: int, programs: int) -> list[tuple[int, int]]:
-    """Each stream-K program's run of (tile, K block) units, ``[p·total // programs, (p+1)·total // programs)``:
-    the formula the kernel evaluates, in Python for tests and for sizing."""
-    return [(p * total // programs, (p + 1) * total // programs) for p in range(programs)]
-
-
-def wgmma_streamk(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                  bias: torch.Tensor | None, out: torch.Tensor, counters: torch.Tensor, *, bits: int,
-                  group_size: int, zero_point: int, in_features: int, programs: int, block_m: int = 256,
-                  block_n: int = 128, stages: int = 2, num_warps: int = 8, max_registers: int = 0) -> torch.Tensor:
-    """:func:`wgmma_gemm` with the work cut evenly over ``programs`` (about one per SM) instead of one program per
-    tile: with 112 tiles of 4096x14336 at M=256, a grid of tiles leaves 20 of the H200's 132 SMs idle.
-    ``counters`` (zero, at least one per tile) is borrowed and handed back zero."""
-    m, n = x.shape[0], qweight.shape[1]
-    m_tiles = -(-m // block_m)
-    tiles = m_tiles * -(-n // block_n)
-    if tiles > counters.numel():
-        raise ValueError(f"wgmma_streamk: {tiles} tiles need as many counters, got {counters.numel()}")
-    total = tiles * (qweight.shape[0] // ROWS)
-    programs = max(1, min(programs, total))
-    x_desc = TensorDescriptor(x, [m, in_features], [x.stride(0), 1], [block_m, CHUNK],
-                              x_layout(block_m, x.dtype == torch.float16))
-    part = torch.empty(2 * programs, block_m * block_n, device=x.device, dtype=torch.float32)
-    wgmma_streamk_kernel[(programs,)](
-        x_desc, qweight, scales, zeros if zero_point < 0 else scales, bias if bias is not None else out, out, part,
-        counters, m, n, in_features, out.stride(0), m_tiles, total,
-        BITS=bits, GS=group_size if group_size > 0 else 0, ZERO=zero_point, HAS_BIAS=bias is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, SCALES_AHEAD=not max_registers, num_warps=num_warps,
-        **({"maxnreg": max_registers} if max_registers else {}))
     return out
 
 
