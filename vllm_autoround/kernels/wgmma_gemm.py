@@ -97,29 +97,41 @@ if HAVE_GLUON:
         return gl.load(w_ptr + gl.expand_dims(i * R + offs_r, 0) * N + gl.expand_dims(offs_n, 1),
                        mask=gl.expand_dims(n_mask, 1), other=0)
 
-    @gluon.jit
-    def _tile(x_desc, w_ptr, s_ptr, z_ptr, x_smem, ready, off_m, off_n, b_start, nb, N, K, BITS: gl.constexpr,
-              GS: gl.constexpr, ZERO: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              STAGES: gl.constexpr, SCALES_AHEAD: gl.constexpr, WARPS: gl.constexpr):
-        """One output tile's float32 sum over K blocks ``[b_start, b_start + nb)`` (nb ≥ 1), in the MMA layout.
-
-        The x ring's barriers are initialised here and invalidated before returning, after every warp has
-        passed its last wait and its MMAs have read x, so a program could run several tiles in turn (the
-        stream-K form of 2026-12-05 did, and lost: docs/kernels.md)."""
+    # M and the split-K counts change with every call: Triton would otherwise compile a variant per class of
+    # them (== 1, divisible by 16), some first met in the middle of serving (vLLM's JIT monitor, 2026-12-04)
+    @gluon.jit(do_not_specialize=["M", "blocks_per_split", "split_k"])
+    def wgmma_gemm_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_om,
+                          blocks_per_split, split_k, BITS: gl.constexpr, GS: gl.constexpr, ZERO: gl.constexpr,
+                          HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, REDUCE: gl.constexpr, BLOCK_M: gl.constexpr,
+                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, SCALES_AHEAD: gl.constexpr,
+                          num_warps: gl.constexpr):
+        """``out[M, N] = x · dequant(W)ᵀ (+ bias)`` as ``outᵀ = W · xᵀ``: the weight tile is wgmma's A operand
+        (registers), x's tile its B operand (shared memory, via TMA). Grid: (M tiles, N tiles, K splits); with
+        SPLIT each split stores its float32 partial sum to ``part_ptr[split]``; with REDUCE too the last split
+        to arrive at the tile (an atomic counter, handed back zero) sums them, else the launcher does."""
         NS: gl.constexpr = 32 // BITS
         BK: gl.constexpr = R * NS
         CH: gl.constexpr = BK // X_CHUNK
         SPC: gl.constexpr = X_CHUNK // R  # slices per x chunk
         dt: gl.constexpr = x_desc.dtype
         IS_FP16: gl.constexpr = dt == gl.float16
-        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+        pid_m = gl.program_id(0)
+        pid_n = gl.program_id(1)
+        pid_k = gl.program_id(2)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        b_start = pid_k * blocks_per_split
+        nb = gl.minimum(blocks_per_split, gl.cdiv(K, BK) - b_start)
+
+        mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                       instr_shape=[16, BLOCK_M, 16])
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
         row_layout: gl.constexpr = gl.SliceLayout(1, a_layout)
 
+        x_smem = gl.allocate_shared_memory(dt, [STAGES * CH, BLOCK_M, X_CHUNK], x_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for p in gl.static_range(STAGES):
             mbarrier.init(ready.index(p), count=1)
-        thread_barrier()  # no warp waits on a barrier before it is initialised
         for p in gl.static_range(STAGES - 1):
             if p < nb:
                 _issue(x_desc, x_smem, ready, b_start + p, p, off_m, CH, BK)
@@ -176,56 +188,19 @@ if HAVE_GLUON:
             # (a wait that holds nothing up: the loop carries the accumulator as a tensor, not an MMA token)
             acc = warpgroup_mma_wait(num_outstanding=NS - 1, deps=(acc,))
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        thread_barrier()
         for p in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(p))
-        return acc
 
-    @gluon.jit
-    def _x_ring(x_desc, BITS: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
-        """Shared memory for STAGES K blocks of x (in X_CHUNK-column boxes) and one barrier per stage."""
-        CH: gl.constexpr = R * (32 // BITS) // X_CHUNK
-        x_smem = gl.allocate_shared_memory(x_desc.dtype, [STAGES * CH, BLOCK_M, X_CHUNK], x_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        return x_smem, ready
-
-    @gluon.jit
-    def _out_offsets(off_m, off_n, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, out_layout: gl.constexpr):
-        """A tile's token indices ``[1, BLOCK_M]``, weight-row indices ``[BLOCK_N, 1]`` and in-bounds mask."""
+        out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[16, 2],
+                                                    warps_per_cta=[1, num_warps], order=[0, 1])
+        y = gl.convert_layout(acc, out_layout)
         on = off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         om = off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, out_layout))
         mask = gl.expand_dims(om < M, 0) & gl.expand_dims(on < N, 1)
-        return gl.expand_dims(om, 0), gl.expand_dims(on, 1), mask
-
-    # M and the split-K counts change with every call: Triton would otherwise compile a variant per class of
-    # them (== 1, divisible by 16), some first met in the middle of serving (vLLM's JIT monitor, 2026-12-04)
-    @gluon.jit(do_not_specialize=["M", "blocks_per_split", "split_k"])
-    def wgmma_gemm_kernel(x_desc, w_ptr, s_ptr, z_ptr, b_ptr, out_ptr, part_ptr, cnt_ptr, M, N, K, stride_om,
-                          blocks_per_split, split_k, BITS: gl.constexpr, GS: gl.constexpr, ZERO: gl.constexpr,
-                          HAS_BIAS: gl.constexpr, SPLIT: gl.constexpr, REDUCE: gl.constexpr, BLOCK_M: gl.constexpr,
-                          BLOCK_N: gl.constexpr, STAGES: gl.constexpr, SCALES_AHEAD: gl.constexpr,
-                          num_warps: gl.constexpr):
-        """``out[M, N] = x · dequant(W)ᵀ (+ bias)`` as ``outᵀ = W · xᵀ``: the weight tile is wgmma's A operand
-        (registers), x's tile its B operand (shared memory, via TMA). Grid: (M tiles, N tiles, K splits); with
-        SPLIT each split stores its float32 partial sum to ``part_ptr[split]``; with REDUCE too the last split
-        to arrive at the tile (an atomic counter, handed back zero) sums them, else the launcher does."""
-        BK: gl.constexpr = R * (32 // BITS)
-        pid_m = gl.program_id(0)
-        pid_n = gl.program_id(1)
-        pid_k = gl.program_id(2)
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
-        b_start = pid_k * blocks_per_split
-        nb = gl.minimum(blocks_per_split, gl.cdiv(K, BK) - b_start)
-        x_smem, ready = _x_ring(x_desc, BITS, BLOCK_M, STAGES)
-        acc = _tile(x_desc, w_ptr, s_ptr, z_ptr, x_smem, ready, off_m, off_n, b_start, nb, N, K, BITS, GS, ZERO,
-                    BLOCK_M, BLOCK_N, STAGES, SCALES_AHEAD, num_warps)
-        out_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[8, 1], threads_per_warp=[16, 2],
-                                                    warps_per_cta=[1, num_warps], order=[0, 1])
-        om, on, mask = _out_offsets(off_m, off_n, M, N, BLOCK_M, BLOCK_N, out_layout)
-        store_tile(gl.convert_layout(acc, out_layout), out_ptr + om * stride_om + on, part_ptr + om * N + on, mask,
-                   b_ptr + on + om * 0, M * N, cnt_ptr, pid_m * gl.num_programs(1) + pid_n, pid_k, split_k,
-                   HAS_BIAS, SPLIT, REDUCE)
+        store_tile(y, out_ptr + gl.expand_dims(om, 0) * stride_om + gl.expand_dims(on, 1),
+                    part_ptr + gl.expand_dims(om, 0) * N + gl.expand_dims(on, 1), mask,
+                    b_ptr + gl.expand_dims(on, 1) + gl.expand_dims(om, 0) * 0, M * N, cnt_ptr,
+                    pid_m * gl.num_programs(1) + pid_n, pid_k, split_k, HAS_BIAS, SPLIT, REDUCE)
 
     @gluon.jit
     def store_tile(y, out_ptrs, part_ptrs, mask, bias_ptrs, part_stride, cnt_ptr, tile, pid_k, split_k,
