@@ -6,8 +6,8 @@ apply a per-group scale inside the weight operand without sending the decoded ti
 the layouts are explicit: the group's scales are loaded straight into the weight operand's row layout,
 each slice is decoded *and scaled* in registers, one accumulator takes every MMA, and x arrives through a
 TMA ring. A block's MMAs are issued without waiting in between; only after the next block's first MMA does
-the kernel wait for them (and then refill their x stage), so ptxas overlaps each slice's decode with the
-MMAs before it. Waiting after every MMA made ptxas serialize them (C7513, "non wgmma instructions
+the kernel wait for them (and then, after a CTA barrier, refill their x stage), so ptxas overlaps each slice's
+decode with the MMAs before it. Waiting after every MMA made ptxas serialize them (C7513, "non wgmma instructions
 defining input registers").
 
 Numerics equal dequantize + cuBLAS: each weight is ``round((q − z) · s)`` in the activation dtype (the
@@ -181,9 +181,12 @@ if HAVE_GLUON:
                 acc = warpgroup_mma(a, xb, acc, is_async=True)
                 if j == 0:
                     # the previous block's MMAs are done: its stage takes block i + STAGES - 1, a whole block
-                    # before it is needed
+                    # before it is needed. The wait covers this warpgroup's MMAs only, and one thread of
+                    # warpgroup 0 issues the refill: the CTA barrier makes every warpgroup's reads of the stage
+                    # finish before TMA overwrites it
                     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
                     if i + STAGES - 1 < nb:
+                        thread_barrier()
                         _issue(x_desc, x_smem, ready, b + STAGES - 1, (i + STAGES - 1) % STAGES, off_m, CH, BK)
             # (a wait that holds nothing up: the loop carries the accumulator as a tensor, not an MMA token)
             acc = warpgroup_mma_wait(num_outstanding=NS - 1, deps=(acc,))
