@@ -106,3 +106,9 @@ def pack_cols(values: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_cols(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`pack_cols`."""
     return unpack_rows(packed.t().contiguous(), bits).t().contiguous()
+
+
+def unpack_codes_and_zeros(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int,
+                           zero_point_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's codes ``[K, N]`` and true zero points ``[G, N]`` (the stored ones plus ``zero_point_offset``)."""
+    return unpack_rows(qweight, bits), unpack_cols(qzeros, bits) + zero_point_offset

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm_autoround.format.errors import FormatError
-from vllm_autoround.format.packing import pack_cols, pack_rows, unpack_cols, unpack_rows
+from vllm_autoround.format.packing import pack_cols, pack_rows, unpack_codes_and_zeros
 from vllm_autoround.format.schema import LayerScheme
 
 SCALE_DTYPE = torch.float16
@@ -115,6 +115,5 @@ def unpack_linear(
     """Validate and unpack one layer's checkpoint tensors."""
     in_features, out_features = infer_features(tensors, scheme.bits, where)
     check_layer_tensors(tensors, scheme, in_features, out_features, where)
-    codes = unpack_rows(tensors["qweight"], scheme.bits)
-    zeros = unpack_cols(tensors["qzeros"], scheme.bits) + zero_point_offset
+    codes, zeros = unpack_codes_and_zeros(tensors["qweight"], tensors["qzeros"], scheme.bits, zero_point_offset)
     return PackedLinear(codes=codes, scales=tensors["scales"], zeros=zeros, scheme=scheme)

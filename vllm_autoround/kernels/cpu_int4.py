@@ -16,11 +16,12 @@ rows to the multiple of 16 the packer needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from vllm_autoround.format.packing import unpack_cols, unpack_rows
+from vllm_autoround.format.packing import unpack_codes_and_zeros
 
 OP_GROUP_SIZES = (256, 128, 64, 32)
 N_MULTIPLE = 16
@@ -47,16 +48,23 @@ def supported(bits: int, group_size: int, in_features: int) -> bool:
     return bits <= 4 and in_features % 2 == 0 and op_group_size(group_size, in_features) is not None
 
 
+def unpack_supported(qweight: torch.Tensor, qzeros: torch.Tensor, bits: int, group_size: int, zero_point_offset: int,
+                     takes: Callable[[int, int, int], bool], kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's codes ``[K, N]`` and zero points ``[G, N]`` if ``takes(bits, group_size, K)``, else a ValueError
+    that names ``kernel``."""
+    codes, zeros = unpack_codes_and_zeros(qweight, qzeros, bits, zero_point_offset)
+    if not takes(bits, group_size, codes.shape[0]):
+        raise ValueError(f"{kernel}: no layout for bits={bits} group_size={group_size} K={codes.shape[0]}")
+    return codes, zeros
+
+
 def pack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
          zero_point_offset: int, dtype: torch.dtype) -> Int4Packed:
     """Repack checkpoint tensors (GPTQ layout, see :mod:`vllm_autoround.format`) once, at load time."""
-    codes = unpack_rows(qweight, bits)  # [K, N]
+    codes, zeros = unpack_supported(qweight, qzeros, bits, group_size, zero_point_offset, supported, "cpu_int4")
     k, n = codes.shape
-    if not supported(bits, group_size, k):
-        raise ValueError(f"cpu_int4: no int4-pack layout for bits={bits} group_size={group_size} K={k}")
     op_gs = op_group_size(group_size, k)
     span = k if group_size == -1 else group_size
-    zeros = unpack_cols(qzeros, bits) + zero_point_offset  # [G, N]
     shift = torch.minimum((zeros - MID).clamp_min(0), zeros + MID - 2 ** bits)  # r: q' = q - z + 8 + r in [0, 15]
     codes = codes - (zeros - MID - shift).repeat_interleave(span, dim=0)
     scale32 = scales.to(torch.float32)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_autoround.format.packing import unpack_cols, unpack_rows
+from vllm_autoround.kernels.cpu_int4 import unpack_supported
 
 MID = 128  # the int8 codes are q - MID
 # rows up to which the op beats dequantize + F.linear (dev machine, bf16, 8192 x 2048: see docs/benchmarks.md)
@@ -47,12 +47,9 @@ def supported(bits: int, group_size: int, in_features: int) -> bool:
 def pack(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
          zero_point_offset: int, dtype: torch.dtype) -> Int8Codes:
     """Repack checkpoint tensors (GPTQ layout, see :mod:`vllm_autoround.format`) once, at load time."""
-    codes = unpack_rows(qweight, bits)  # [K, N]
+    codes, zeros = unpack_supported(qweight, qzeros, bits, group_size, zero_point_offset, supported, "cpu_int8")
     k, n = codes.shape
-    if not supported(bits, group_size, k):
-        raise ValueError(f"cpu_int8: no int8 layout for bits={bits} group_size={group_size} K={k}")
     span = k if group_size == -1 else group_size
-    zeros = unpack_cols(qzeros, bits) + zero_point_offset  # [G, N]
     per_group = (codes - MID).to(torch.int8).view(k // span, span, n).permute(0, 2, 1).contiguous()
     scales = scales.to(dtype).contiguous()
     offsets = (zeros - MID).to(torch.int16)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_autoround.format.packing import unpack_cols, unpack_rows
+from vllm_autoround.format.packing import unpack_codes_and_zeros
 
 
 def dequantize(
@@ -24,8 +24,7 @@ def dequantize(
 
     Computed in float32: codes and zeros are exact there, and one rounding to ``dtype`` at the end.
     """
-    codes = unpack_rows(qweight, bits)  # [K, N]
-    zeros = unpack_cols(qzeros, bits) + zero_point_offset  # [G, N]
+    codes, zeros = unpack_codes_and_zeros(qweight, qzeros, bits, zero_point_offset)  # [K, N], [G, N]
     k = codes.shape[0]
     gs = k if group_size == -1 else group_size
     scales32 = scales.to(torch.float32)
