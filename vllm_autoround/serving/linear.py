@@ -110,14 +110,15 @@ class AutoRoundLinearMethod(LinearMethodBase):
             self._prepare_cpu_packed(layer)
 
     def _cpu_kernel(self, layer: torch.nn.Module):
-        """The CPU GEMM module (:data:`CPU_KERNELS`) that takes this layer: CPU tensors, a scheme it supports, and
-        its switch on (``VLLM_AUTOROUND_CPU_INT4=0`` / ``VLLM_AUTOROUND_CPU_INT8=0`` leave the reference path that
-        XPU and Gaudi use); None otherwise."""
+        """The entry of :data:`CPU_KERNELS` (module, switch, log note) whose module takes this layer: CPU tensors, a
+        scheme it supports, and its switch on (``VLLM_AUTOROUND_CPU_INT4=0`` / ``VLLM_AUTOROUND_CPU_INT8=0`` leave
+        the reference path that XPU and Gaudi use); None otherwise."""
         if layer.qweight.device.type != "cpu":
             return None
-        for module, enabled, _ in CPU_KERNELS:
+        for entry in CPU_KERNELS:
+            module, enabled, _ = entry
             if enabled() and module.supported(self.scheme.bits, self.scheme.group_size, self._in_features(layer)):
-                return module
+                return entry
         return None
 
     def _in_features(self, layer: torch.nn.Module) -> int:
@@ -125,9 +126,10 @@ class AutoRoundLinearMethod(LinearMethodBase):
 
     def _prepare_cpu_packed(self, layer: torch.nn.Module) -> None:
         """Repack for the layer's CPU GEMM once; its fields become the layer's ``autoround_cpu_*`` attributes."""
-        module = self._cpu_kernel(layer)
-        if module is None:
+        entry = self._cpu_kernel(layer)
+        if entry is None:
             return
+        module, _, note = entry
         s = self.scheme
         packed = module.pack(layer.qweight.data, layer.qzeros.data, layer.scales.data, s.bits, s.group_size,
                              self.zero_point_offset, layer.autoround_params_dtype)
@@ -139,8 +141,7 @@ class AutoRoundLinearMethod(LinearMethodBase):
         self.cpu_packed_type = type(packed)
         del layer.qweight, layer.qzeros, layer.scales
         self.backend = CPU_PACKED
-        logger.info_once("auto_round: %s (%s activations)",
-                         next(note for m, _, note in CPU_KERNELS if m is module), layer.autoround_params_dtype)
+        logger.info_once("auto_round: %s (%s activations)", note, layer.autoround_params_dtype)
 
     def _prepare_triton(self, layer: torch.nn.Module) -> None:
         from vllm_autoround import kernels
