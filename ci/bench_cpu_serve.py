@@ -8,13 +8,16 @@ configuration after another:
 * ``ours_reference``: the same with ``VLLM_AUTOROUND_CPU_INT4=0``, the torch reference path (what every CPU layer
   ran before, and what XPU and Gaudi run);
 * ``builtin``: the same checkpoint through vLLM's own loader (INC, its CPU W4 kernel);
-* ``ours_w8``, ``ours_w8_reference``, ``builtin_w8``: the same three on the W8 g128 checkpoint (8-bit layers through
-  torch's int8 GEMM, kernels/cpu_int8.py; ``VLLM_AUTOROUND_CPU_INT8=0`` for the reference);
+* ``ours_w8``, ``ours_w8_reference``, ``builtin_w8``: the same three on the W8 g128 checkpoint (8-bit layers as two
+  4-bit halves through torch's int4-packed GEMM, kernels/cpu_int8.py; ``VLLM_AUTOROUND_CPU_INT8=0`` for the
+  reference);
 * ``bf16``: the unquantized model.
 
 Decode speed is batch 1, greedy, ``ignore_eos``: (80 − 16) tokens over the time difference of an 80-token and a
-16-token completion of the same prompt (best of two each), so prefill and request overhead cancel. Startup is
-until the server answers. Prints a table with ratios to the built-in loader and writes ``--out`` (JSON)::
+16-token completion of the same prompt (best of two each), so prefill and request overhead cancel. Prefill is the
+time of a one-token completion of a 512-token prompt (token ids, a different first token each time so that no
+prefix is cached; best of two). Startup is until the server answers. Prints a table with ratios to the built-in
+loader and writes ``--out`` (JSON)::
 
     python ci/bench_cpu_serve.py --work /tmp/cpu_serve [--configs ours,builtin] [--out results.json]
 """
@@ -35,6 +38,7 @@ from vllm_autoround.serving.launch import VLLMServer, cpu_env  # noqa: E402
 
 SHORT, LONG = 16, 80
 PROMPT = "The history of the city begins"
+PREFILL_TOKENS = 512
 # name: (checkpoint, --quantization, extra environment)
 CONFIGS = {
     "ours": ("w4g128", "auto_round", {}),
@@ -48,8 +52,8 @@ CONFIGS = {
 CHECKPOINTS = {"w4g128": "4", "w8g128": "8"}  # name: bits (group size 128, RTN)
 
 
-def completion_seconds(base_url: str, max_tokens: int) -> float:
-    body = {"model": "model", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True}
+def completion_seconds(base_url: str, max_tokens: int, prompt: str | list[int] = PROMPT) -> float:
+    body = {"model": "model", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True}
     request = urllib.request.Request(f"{base_url}/v1/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     start = time.perf_counter()
@@ -69,7 +73,7 @@ def decode_tok_s(short_s: float, long_s: float) -> float:
 
 
 def measure(model_dir: Path, quantization: str | None, env: dict[str, str], log: Path) -> dict:
-    server = VLLMServer(model_dir, quantization=quantization, dtype="bfloat16",
+    server = VLLMServer(model_dir, quantization=quantization, dtype="bfloat16", max_model_len=2 * PREFILL_TOKENS,
                         env={**cpu_env(), "VLLM_LOGGING_LEVEL": "INFO", **env}, log_path=log, startup_timeout=1800)
     start = time.monotonic()
     with server:
@@ -77,8 +81,14 @@ def measure(model_dir: Path, quantization: str | None, env: dict[str, str], log:
         completion_seconds(server.base_url, 4)  # first request: anything lazily set up
         short = min(completion_seconds(server.base_url, SHORT) for _ in range(2))
         long = min(completion_seconds(server.base_url, LONG) for _ in range(2))
+        prefill = min(completion_seconds(server.base_url, 1, prefill_prompt(i)) for i in range(2))
     return {"startup_s": startup, "decode_tok_s": decode_tok_s(short, long), "short_s": short, "long_s": long,
-            "log": str(log)}
+            "prefill_s": prefill, "log": str(log)}
+
+
+def prefill_prompt(index: int) -> list[int]:
+    """PREFILL_TOKENS token ids whose first differs per index, so a later request reuses no cached prefix."""
+    return [1000 + index] + [(7 * i) % 20000 + 100 for i in range(PREFILL_TOKENS - 1)]
 
 
 def prepare(work: Path, names: list[str]) -> dict[str, Path]:
@@ -96,11 +106,13 @@ def prepare(work: Path, names: list[str]) -> dict[str, Path]:
 
 
 def table(results: dict[str, dict]) -> str:
-    lines = ["| config | startup s | decode tok/s (batch 1) | / builtin, same bits |", "| --- | --- | --- | --- |"]
+    lines = [f"| config | startup s | decode tok/s (batch 1) | / builtin, same bits | prefill s ({PREFILL_TOKENS} "
+             "tokens) |", "| --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         anchor = results.get("builtin_w8" if "w8" in name else "builtin", {}).get("decode_tok_s")
         ratio = f"{r['decode_tok_s'] / anchor:.2f}x" if anchor else ""
-        lines.append(f"| {name} | {r['startup_s']:.1f} | {r['decode_tok_s']:.1f} | {ratio} |")
+        prefill = f"{r['prefill_s']:.2f}" if "prefill_s" in r else ""
+        lines.append(f"| {name} | {r['startup_s']:.1f} | {r['decode_tok_s']:.1f} | {ratio} | {prefill} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
-"""The CPU path for 8-bit layers (torch's int8 GEMM per group, dequantize + F.linear above OP_MAX_ROWS) against a
-float64 dequantized matmul."""
+"""The CPU path for 8-bit layers (two 4-bit halves through torch's int4 GEMM, dequantize + F.linear above
+OP_MAX_ROWS) against a float64 dequantized matmul."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from tests.kernels.helpers import checkpoint, rel_err
-from vllm_autoround.kernels import cpu_int8
+from tests.kernels.test_cpu_int4 import op_calls_per_row_count
+from vllm_autoround.kernels import cpu_int4_layout, cpu_int8
 
-# float32 is exact up to summation order; bf16/fp16 round the scales once and the output once (plus, asym, the
-# op's rounded output before the zero-point term is taken off)
+# float32 is exact up to summation order; bf16/fp16 round the scales and zero terms once, each half's output and
+# the sum once
 BOUND = {torch.float32: 1e-5, torch.bfloat16: 6e-3, torch.float16: 1e-3}
 
 
@@ -23,7 +24,10 @@ def test_matches_float64_on_every_scheme(group_size, sym, dtype, rows):
     k, n = 384, 40
     ck = checkpoint(8, group_size, sym, k, n, seed=5)
     w = cpu_int8.pack(ck["qweight"], ck["qzeros"], ck["scales"], 8, group_size, ck["zero_point_offset"], dtype)
-    assert (w.zero_offsets is None) is sym
+    if group_size == -1:  # per channel: torch's int8 GEMM, one call
+        assert isinstance(w, cpu_int8.Int8Rows) and (w.zero_offsets is None) is sym
+    else:
+        assert (not w.high_scales_and_zeros[..., 1].any()) is sym  # sym: z = 128, no zero term
     g = torch.Generator().manual_seed(7)
     x = torch.randn(1, rows, k, generator=g).to(dtype)
     bias = torch.randn(n, generator=g).to(dtype)
@@ -34,30 +38,27 @@ def test_matches_float64_on_every_scheme(group_size, sym, dtype, rows):
 
 
 def test_zero_points_far_from_the_middle_keep_their_precision():
-    """Codes are stored as q − 128; asym zero points near 0 or 255 leave a large (z − 128)·s term, subtracted
-    after the op. Both paths stay at the bf16 output's own rounding."""
+    """Asym zero points near 0 or 255 leave a large (128 − z)·s zero term on the high half, rounded to bf16 once.
+    Both paths stay at the bf16 output's own rounding."""
     ck = checkpoint(8, 32, False, 256, 48, seed=11, row_shift=torch.tensor([3.0, -3.0, 0.0]).repeat(16))
     w = cpu_int8.pack(ck["qweight"], ck["qzeros"], ck["scales"], 8, 32, ck["zero_point_offset"], torch.bfloat16)
-    assert w.zero_offsets[:, 0].min() <= -120 and w.zero_offsets[:, 1].max() >= 120
+    zero_terms = w.high_scales_and_zeros[..., 1].float() / w.low_scales_and_zeros[..., 0].float()  # 128 - z
+    assert zero_terms[:, 0].max() >= 120 and zero_terms[:, 1].min() <= -120
     for rows in (2, cpu_int8.OP_MAX_ROWS + 3):
         x = torch.randn(rows, 256, dtype=torch.float64)
         assert rel_err(cpu_int8.linear(x.to(torch.bfloat16), w), x @ ck["w64"].t()) < 6e-3
 
 
-def test_compiled_callers_choose_the_path_per_call():
-    """Under torch.compile with a dynamic M the op stays opaque: a graph traced at a large M still takes the int8
-    GEMM at M=1 (and both answer right)."""
-    ck = checkpoint(8, 64, False, 256, 32, seed=2)
-    w = cpu_int8.pack(ck["qweight"], ck["qzeros"], ck["scales"], 8, 64, ck["zero_point_offset"], torch.bfloat16)
+@pytest.mark.parametrize("group_size, gemm, calls", [(64, "aten::_weight_int4pack_mm_for_cpu", 2),
+                                                     (-1, "aten::_weight_int8pack_mm", 1)])
+def test_compiled_callers_choose_the_path_per_call(group_size, gemm, calls):
+    """Under torch.compile with a dynamic M the op stays opaque: a graph traced at a large M still calls torch's
+    GEMM at M=1 (twice for the two halves of a grouped layer), and both answer right."""
+    ck = checkpoint(8, group_size, False, 256, 32, seed=2)
+    w = cpu_int8.pack(ck["qweight"], ck["qzeros"], ck["scales"], 8, group_size, ck["zero_point_offset"],
+                      torch.bfloat16)
     compiled = torch.compile(lambda x: cpu_int8.linear(x, w), dynamic=True, fullgraph=True)
-    op_calls = []
-    for rows in (cpu_int8.OP_MAX_ROWS + 10, 1):
-        x = torch.randn(rows, 256, dtype=torch.float64)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            y = compiled(x.to(torch.bfloat16))
-        assert rel_err(y, x @ ck["w64"].t()) < 6e-3
-        op_calls.append(sum(e.name == "aten::_weight_int8pack_mm" for e in prof.events()))
-    assert op_calls == [0, 4]  # four groups of 64, only for the M=1 call
+    assert op_calls_per_row_count(compiled, ck, 256, cpu_int8.OP_MAX_ROWS, gemm) == [0, calls]
 
 
 @pytest.mark.parametrize("bits, group_size, in_features, ok", [
@@ -70,3 +71,15 @@ def test_refuses_a_layer_it_cannot_take():
     ck = checkpoint(4, 32, True, 64, 16, seed=1)
     with pytest.raises(ValueError, match="bits=4"):
         cpu_int8.pack(ck["qweight"], ck["qzeros"], ck["scales"], 4, 32, ck["zero_point_offset"], torch.bfloat16)
+
+
+@pytest.mark.parametrize("group_size", [64, -1])
+def test_the_dequantized_path_spans_several_chunks(monkeypatch, group_size):
+    """With chunks of 128 rows, 296 output rows are three chunks, the last one partial (padded for the halves)."""
+    k, n = 256, 296
+    monkeypatch.setattr(cpu_int4_layout, "CHUNK_VALUES", 128 * k)
+    ck = checkpoint(8, group_size, False, k, n, seed=4)
+    w = cpu_int8.pack(ck["qweight"], ck["qzeros"], ck["scales"], 8, group_size, ck["zero_point_offset"],
+                      torch.bfloat16)
+    x = torch.randn(cpu_int8.OP_MAX_ROWS + 5, k, dtype=torch.float64)
+    assert rel_err(cpu_int8.linear(x.to(torch.bfloat16), w), x @ ck["w64"].t()) < 6e-3

@@ -44,15 +44,15 @@ def test_our_checkpoints_serve_like_hf(request, tmp_path, family, scheme):
 
 
 def test_default_compiled_mode(toy_llama, tmp_path):
-    """vLLM's default (torch.compile) path through torch's CPU GEMMs: int4-packed for 2-4 bits, int8 (an opaque
-    op that picks its path by M) for the 8-bit asym down projections."""
+    """vLLM's default (torch.compile) path through torch's CPU GEMMs: int4-packed for 2-4 bits and, on two 4-bit
+    halves, for the 8-bit asym down projections (ops that pick their path by M)."""
     ckpt = tmp_path / "w4_g128"
     down_w8 = json.dumps({"mlp.down_proj": {"bits": 8, "group_size": 32, "sym": False}})
     run_quantize(toy_llama, ckpt, "--bits", "4", "--group_size", "128", "--layer_config", down_w8, "--iters", "0")
     with VLLMServer(ckpt, quantization="auto_round") as server:
         assert_served_matches_hf(server.base_url, ckpt, eval_prompts(ckpt))
         log = server.log_path.read_text()
-        assert "int4-packed CPU GEMM" in log and "int8 CPU GEMM" in log
+        assert "4-bit layers run torch's int4-packed CPU GEMM" in log and "on 4-bit halves" in log
 
 
 def test_auto_round_checkpoint_serves_and_reads_exactly(toy_qwen3, tmp_path):

@@ -1,10 +1,11 @@
 """Which weight path a layer uses: Triton kernels on CUDA, torch elsewhere.
 
 On a CPU the torch path runs 2-, 3- and 4-bit layers through torch's int4-packed GEMM (``kernels/cpu_int4.py``;
-``VLLM_AUTOROUND_CPU_INT4=0`` turns it off), 8-bit layers through its int8 GEMM (``kernels/cpu_int8.py``;
-``VLLM_AUTOROUND_CPU_INT8=0``), and the rest through the torch reference, which XPU and Gaudi use for every
-layer. ``VLLM_AUTOROUND_BACKEND=torch`` forces the torch path; ``VLLM_AUTOROUND_DEQUANT_CACHE=1``
-keeps a dequantized copy of each weight on the torch path, trading memory for speed.
+``VLLM_AUTOROUND_CPU_INT4=0`` turns it off), 8-bit layers as two 4-bit halves through the same GEMM
+(``kernels/cpu_int8.py``; ``VLLM_AUTOROUND_CPU_INT8=0``), both dequantizing from the same bytes for prefill, and
+the rest through the torch reference, which XPU and Gaudi use for every layer. ``VLLM_AUTOROUND_BACKEND=torch``
+forces the torch path; ``VLLM_AUTOROUND_DEQUANT_CACHE=1`` keeps a dequantized copy of each weight on the torch
+path, trading memory for speed.
 """
 
 from __future__ import annotations
