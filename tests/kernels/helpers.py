@@ -46,6 +46,18 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref).norm() / ref.norm()).item()
 
 
+def cpu_linear_error(linear, w, ck: dict, rows: int, dtype: torch.dtype) -> float:
+    """``linear(x, w, bias)`` on a 3-D input of ``rows`` rows with a bias, as vLLM passes them: checks the output's
+    shape and dtype and returns its relative error against the float64 weight."""
+    k, n = ck["w64"].shape[1], ck["w64"].shape[0]
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, rows, k, generator=g).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype)
+    y = linear(x, w, bias)
+    assert y.shape == (1, rows, n) and y.dtype == dtype
+    return rel_err(y, x.double() @ ck["w64"].t() + bias.double())
+
+
 def small_shape(bits: int, group_size: int) -> tuple[int, int]:
     """(K, N): few K blocks, N with a tail past a 32-wide tile; per channel K pads up to a block."""
     k = {2: 256, 3: 512, 4: 256, 8: 256}[bits]

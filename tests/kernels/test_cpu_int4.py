@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.helpers import checkpoint, rel_err
+from tests.kernels.helpers import checkpoint, cpu_linear_error, rel_err
 from vllm_autoround.kernels import cpu_int4, cpu_int4_layout
 
 # float32 is exact up to summation order; bf16/fp16 round the scales once and the output once
@@ -24,13 +24,7 @@ def test_matches_float64_on_every_scheme(bits, group_size, sym, dtype, rows):
     k, n = 384, 48 if bits == 2 else 40 if bits == 4 else 96
     ck = checkpoint(bits, group_size, sym, k, n, seed=bits)
     w = cpu_int4.pack(ck["qweight"], ck["qzeros"], ck["scales"], bits, group_size, ck["zero_point_offset"], dtype)
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(1, rows, k, generator=g).to(dtype)
-    bias = torch.randn(n, generator=g).to(dtype)
-    y = cpu_int4.linear(x, w, bias)
-    assert y.shape == (1, rows, n) and y.dtype == dtype
-    ref = x.double() @ ck["w64"].t() + bias.double()
-    assert rel_err(y, ref) < BOUND[dtype]
+    assert cpu_linear_error(cpu_int4.linear, w, ck, rows, dtype) < BOUND[dtype]
 
 
 def test_the_dequantized_path_spans_several_chunks(monkeypatch):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.helpers import checkpoint, rel_err
+from tests.kernels.helpers import checkpoint, cpu_linear_error, rel_err
 from tests.kernels.test_cpu_int4 import op_calls_per_row_count
 from vllm_autoround.kernels import cpu_int4_layout, cpu_int8
 
@@ -28,13 +28,7 @@ def test_matches_float64_on_every_scheme(group_size, sym, dtype, rows):
         assert isinstance(w, cpu_int8.Int8Rows) and (w.zero_offsets is None) is sym
     else:
         assert (not w.high_scales_and_zeros[..., 1].any()) is sym  # sym: z = 128, no zero term
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(1, rows, k, generator=g).to(dtype)
-    bias = torch.randn(n, generator=g).to(dtype)
-    y = cpu_int8.linear(x, w, bias)
-    assert y.shape == (1, rows, n) and y.dtype == dtype
-    ref = x.double() @ ck["w64"].t() + bias.double()
-    assert rel_err(y, ref) < BOUND[dtype]
+    assert cpu_linear_error(cpu_int8.linear, w, ck, rows, dtype) < BOUND[dtype]
 
 
 def test_zero_points_far_from_the_middle_keep_their_precision():

@@ -149,8 +149,7 @@ def _int4_linear_fake(x, weight, scales_and_zeros, group_size, out_features, bia
 def int4_linear(x: torch.Tensor, weight: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
                 out_features: int, bias: torch.Tensor | None) -> torch.Tensor:
     """``x[M, K] @ W.T + bias`` on :class:`Int4Packed`'s tensors (an op: see :mod:`cpu_op`)."""
-    lay = cpu_int4_layout.layout()
-    if x.shape[0] > OP_MAX_ROWS and lay is not None:
+    if x.shape[0] > OP_MAX_ROWS and (lay := cpu_int4_layout.layout()) is not None:
         y = cpu_int4_layout.dequantized_linear(x, weight.shape[0], lay, lambda start, stop: _op_dequantized_blocks(
             weight, scales_and_zeros, group_size, start, stop, x.dtype, lay))
     else:

@@ -79,16 +79,10 @@ def chunk_rows(k: int, lay: BlockLayout) -> int:
     return max(1, CHUNK_VALUES // k // lay.rows) * lay.rows
 
 
-def dequantized_linear(x: torch.Tensor, rows: int, lay: BlockLayout,
-                       weight_blocks: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
-    """``x[M, K] @ Wᵀ`` for a ``rows x K`` weight (rows a multiple of ``lay.rows``) given chunk by chunk:
-    ``weight_blocks(start, stop)`` returns rows ``[start, stop)`` as ``[blocks, K, block rows]`` in x's dtype."""
-    k = x.shape[1]
-    step = chunk_rows(k, lay)
-
-    def part(start: int, stop: int) -> torch.Tensor:  # a view of [K, rows] from join: no copy in the reshape
-        return x @ weight_blocks(start, stop).transpose(0, 1).reshape(k, stop - start)
-
+def in_column_chunks(x: torch.Tensor, rows: int, step: int,
+                     part: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """``[M, rows]`` output assembled from ``part(start, stop)``, the columns ``[start, stop)``, ``step`` at a
+    time (one call, no copy, when a single chunk covers it)."""
     if step >= rows:
         return part(0, rows)
     y = x.new_empty(x.shape[0], rows)
@@ -96,3 +90,15 @@ def dequantized_linear(x: torch.Tensor, rows: int, lay: BlockLayout,
         stop = min(rows, start + step)
         y[:, start:stop] = part(start, stop)
     return y
+
+
+def dequantized_linear(x: torch.Tensor, rows: int, lay: BlockLayout,
+                       weight_blocks: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """``x[M, K] @ Wᵀ`` for a ``rows x K`` weight (rows a multiple of ``lay.rows``) given chunk by chunk:
+    ``weight_blocks(start, stop)`` returns rows ``[start, stop)`` as ``[blocks, K, block rows]`` in x's dtype."""
+    k = x.shape[1]
+
+    def part(start: int, stop: int) -> torch.Tensor:  # a view of [K, rows] from join: no copy in the reshape
+        return x @ weight_blocks(start, stop).transpose(0, 1).reshape(k, stop - start)
+
+    return in_column_chunks(x, rows, chunk_rows(k, lay), part)

@@ -104,13 +104,13 @@ def int8_rows_linear(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
     chunk by chunk as exact integers ``q − z`` times the scale (one rounding)."""
     n, k = codes.shape
     if x.shape[0] > OP_MAX_ROWS:
-        step = max(1, cpu_int4_layout.CHUNK_VALUES // k)
-        y = x.new_empty(x.shape[0], n)
-        for start in range(0, n, step):
-            w = codes[start:start + step].to(x.dtype)
+        def part(start: int, stop: int) -> torch.Tensor:
+            w = codes[start:stop].to(x.dtype)
             if zero_offsets is not None:
-                w.sub_(zero_offsets[start:start + step, None].to(x.dtype))
-            y[:, start:start + step] = torch.nn.functional.linear(x, w.mul_(scales[start:start + step, None]))
+                w.sub_(zero_offsets[start:stop, None].to(x.dtype))
+            return torch.nn.functional.linear(x, w.mul_(scales[start:stop, None]))
+
+        y = cpu_int4_layout.in_column_chunks(x, n, max(1, cpu_int4_layout.CHUNK_VALUES // k), part)
     else:
         y = torch.ops.aten._weight_int8pack_mm(x.contiguous(), codes, scales)
         if zero_offsets is not None:
@@ -143,8 +143,7 @@ def int8_linear(x: torch.Tensor, high: torch.Tensor, low: torch.Tensor, high_sca
                 low_scales_and_zeros: torch.Tensor, group_size: int, out_features: int,
                 bias: torch.Tensor | None) -> torch.Tensor:
     """``x[M, K] @ W.T + bias`` on :class:`Int8Halves`' tensors (an op, as cpu_int4's)."""
-    lay = cpu_int4_layout.layout()
-    if x.shape[0] > OP_MAX_ROWS and lay is not None:
+    if x.shape[0] > OP_MAX_ROWS and (lay := cpu_int4_layout.layout()) is not None:
         y = cpu_int4_layout.dequantized_linear(x, high.shape[0], lay, lambda start, stop: dequantized_blocks(
             high, low, high_scales_and_zeros, low_scales_and_zeros, group_size, start, stop, x.dtype, lay))
     else:
