@@ -63,6 +63,11 @@ def summarize_trace(path: Path, steps: int) -> dict:
     for e in kernels:
         per_name[e["name"][:90]] += float(e["dur"])
     top = sorted(per_name.items(), key=lambda kv: -kv[1])[:TOP_KERNELS]
+    # the same kernel runs every layer shape: its grid tells the shapes apart (calls per step = layers of that shape)
+    per_site: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for e in kernels:
+        per_site[(e["name"][:60], str(e.get("args", {}).get("grid", "?")))].append(float(e["dur"]))
+    sites = sorted(per_site.items(), key=lambda kv: -sum(kv[1]))[:2 * TOP_KERNELS]
     busy = busy_union(spans)
     launches: dict[str, int] = defaultdict(int)  # host-side launches: graph replays vs single kernels
     for e in events:
@@ -71,7 +76,9 @@ def summarize_trace(path: Path, steps: int) -> dict:
     return {"trace": path.name, "kernels": len(kernels), "steps": steps, "wall_us_per_step": wall / steps,
             "busy_us_per_step": busy / steps, "idle_share": 1 - busy / wall,
             "launches_per_step": {k: v / steps for k, v in sorted(launches.items())},
-            "top": [{"kernel": name, "us_per_step": us / steps} for name, us in top]}
+            "top": [{"kernel": name, "us_per_step": us / steps} for name, us in top],
+            "sites": [{"kernel": name, "grid": grid, "calls_per_step": len(d) / steps, "us_per_call": sum(d) / len(d),
+                       "us_per_step": sum(d) / steps} for (name, grid), d in sites]}
 
 
 def new_traces(trace_dir: Path, before: set, timeout: float = 180.0) -> list[Path]:
@@ -134,6 +141,10 @@ def report(results: list[dict]) -> str:
             lines += ["", f"{r['name']} batch {batch}: top kernels (µs per step)", "",
                       "| kernel | µs/step |", "| --- | --- |"]
             lines += [f"| `{t['kernel']}` | {t['us_per_step']:.1f} |" for t in s.get("top", [])]
+            lines += ["", f"{r['name']} batch {batch}: by kernel and grid", "",
+                      "| kernel | grid | calls/step | µs/call | µs/step |", "| --- | --- | --- | --- | --- |"]
+            lines += [f"| `{t['kernel']}` | {t['grid']} | {t['calls_per_step']:.1f} | {t['us_per_call']:.1f} | "
+                      f"{t['us_per_step']:.1f} |" for t in s.get("sites", [])]
     return "\n".join(lines)
 
 

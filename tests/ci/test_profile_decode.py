@@ -19,9 +19,9 @@ def test_busy_union_counts_overlaps_once():
 def test_summary_of_a_trace(tmp_path):
     kernel = dict(cat="kernel", ph="X")
     events = [
-        dict(kernel, name="gemv_kernel", ts=100.0, dur=10.0, tid=7),
+        dict(kernel, name="gemv_kernel", ts=100.0, dur=10.0, tid=7, args={"grid": [1, 96, 1]}),
         dict(kernel, name="flash_attn", ts=105.0, dur=10.0, tid=8),  # overlaps on another stream
-        dict(kernel, name="gemv_kernel", ts=130.0, dur=5.0, tid=7),
+        dict(kernel, name="gemv_kernel", ts=130.0, dur=5.0, tid=7, args={"grid": [1, 32, 4]}),  # another shape
         dict(cat="cuda_runtime", name="cudaGraphLaunch", ts=90.0, dur=1.0),
         dict(cat="cuda_runtime", name="cudaGraphLaunch", ts=125.0, dur=1.0),
         dict(cat="cuda_driver", name="cuLaunchKernelEx", ts=126.0, dur=1.0),
@@ -38,6 +38,11 @@ def test_summary_of_a_trace(tmp_path):
     assert s["idle_share"] == pytest.approx(1 - 20 / 35)
     assert s["launches_per_step"] == {"cuLaunchKernelEx": 0.2, "cudaGraphLaunch": 0.4}
     assert s["top"] == [{"kernel": "gemv_kernel", "us_per_step": 3.0}, {"kernel": "flash_attn", "us_per_step": 2.0}]
+    # one kernel over two layer shapes: its grids keep them apart; an event without a grid is still listed
+    assert s["sites"] == [
+        {"kernel": "gemv_kernel", "grid": "[1, 96, 1]", "calls_per_step": 0.2, "us_per_call": 10.0, "us_per_step": 2.0},
+        {"kernel": "flash_attn", "grid": "?", "calls_per_step": 0.2, "us_per_call": 10.0, "us_per_step": 2.0},
+        {"kernel": "gemv_kernel", "grid": "[1, 32, 4]", "calls_per_step": 0.2, "us_per_call": 5.0, "us_per_step": 1.0}]
 
 
 def test_each_configuration_is_profiled_in_its_own_environment(tmp_path, monkeypatch):
