@@ -60,13 +60,12 @@ def summarize_trace(path: Path, steps: int) -> dict:
     spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     per_name: dict[str, float] = defaultdict(float)
-    for e in kernels:
-        per_name[e["name"][:90]] += float(e["dur"])
-    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:TOP_KERNELS]
     # the same kernel runs every layer shape: its grid tells the shapes apart (calls per step = layers of that shape)
     per_site: dict[tuple[str, str], list[float]] = defaultdict(list)
     for e in kernels:
+        per_name[e["name"][:90]] += float(e["dur"])
         per_site[(e["name"][:60], str(e.get("args", {}).get("grid", "?")))].append(float(e["dur"]))
+    top = sorted(per_name.items(), key=lambda kv: -kv[1])[:TOP_KERNELS]
     sites = sorted(per_site.items(), key=lambda kv: -sum(kv[1]))[:2 * TOP_KERNELS]
     busy = busy_union(spans)
     launches: dict[str, int] = defaultdict(int)  # host-side launches: graph replays vs single kernels

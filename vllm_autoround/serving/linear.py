@@ -27,10 +27,11 @@ from vllm_autoround.serving import backend
 
 logger = init_logger(__name__)
 SCALE_PARAM_DTYPE = torch.float32  # holds fp16/bf16 checkpoint scales exactly
-CPU_PACKED = "cpu_packed"  # the torch path on a CPU, through torch's int4-packed GEMM
+CPU_PACKED = "cpu_packed"  # the torch path on a CPU, through torch's int4-packed GEMM (int8 for per-channel W8)
 # the CPU GEMM modules, their switches and what the log says when a layer first takes one
 CPU_KERNELS = ((cpu_int4, backend.cpu_int4_enabled, "2-, 3- and 4-bit layers run torch's int4-packed CPU GEMM"),
-               (cpu_int8, backend.cpu_int8_enabled, "8-bit layers run torch's int4-packed CPU GEMM on 4-bit halves"))
+               (cpu_int8, backend.cpu_int8_enabled, "8-bit layers run torch's int4-packed CPU GEMM on 4-bit halves "
+                "(per-channel ones its int8 GEMM)"))
 
 
 def _frozen(tensor: torch.Tensor) -> torch.nn.Parameter:
