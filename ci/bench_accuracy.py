@@ -1,5 +1,6 @@
 """Accuracy benchmark: held-out perplexity, tuning time and peak memory of RTN, our SignRound (default and
-light recipes) and auto-round 0.16.1 (default recipe) on a real model, at W4 g128, W3 g64 and W2 g64.
+light recipes, and default followed by one epoch of end-to-end scale tuning) and auto-round 0.16.1 (default
+recipe) on a real model, at W4 g128, W3 g64 and W2 g64.
 
 Every method gets the same calibration tokens (the default recipe's 128 x 2048 from the built-in Brown
 calibration split, seed 42) and the same sym scheme; where a group size does not divide a layer's
@@ -48,9 +49,9 @@ from vllm_autoround.quantize.plan import build_plan, meta_model  # noqa: E402
 from vllm_autoround.quantize.writer import write_json_atomic  # noqa: E402
 
 SCHEMES = {"W4g128": (4, 128), "W3g64": (3, 64), "W2g64": (2, 64)}
-METHODS = ("rtn", "ours-default", "ours-light", "auto-round")
+METHODS = ("rtn", "ours-default", "ours-e2e", "ours-light", "auto-round")
 RECIPE_FLAGS = {"rtn": ("--iters", "0"), "ours-default": ("--recipe", "default"),
-                "ours-light": ("--recipe", "light")}
+                "ours-e2e": ("--recipe", "default", "--e2e_epochs", "1"), "ours-light": ("--recipe", "light")}
 
 
 def run_ours(model_dir: Path, data: Path, bits: int, group_size: int, method: str, a: argparse.Namespace,

@@ -54,6 +54,8 @@ class QuantConfig(msgspec.Struct, forbid_unknown_fields=False):
     nsamples: int | None = None
     seqlen: int | None = None
     batch_size: int | None = None
+    e2e_epochs: int | None = None  # ours: end-to-end scale tuning after SignRound (absent: none)
+    e2e_lr: float | None = None
     autoround_version: str | None = None
 
     def override_for(self, layer_name: str) -> LayerOverride | None:

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient_accumulate_steps", type=positive_int, default=1, help="batches per optimizer step")
     p.add_argument("--lr", type=float, help="rounding learning rate (default 1/iters)")
     p.add_argument("--minmax_lr", type=float, help="min/max scale learning rate (default: lr)")
+    p.add_argument("--e2e_epochs", type=int, help="after SignRound, epochs of end-to-end scale tuning over the "
+                                                   "calibration set (default: the recipe's; 0 = off)")
+    p.add_argument("--e2e_lr", type=float, help="end-to-end scale tuning learning rate (relative change per step)")
+    p.add_argument("--e2e_batch_size", type=positive_int, default=4,
+                   help="sequences per end-to-end step (bounds its activation memory; default 4)")
     p.add_argument("--dataset", help="calibration text: a .txt/.jsonl file or a folder of them (default built-in)")
     p.add_argument("--low_gpu_mem_usage", action="store_true", help="keep cached block inputs on the CPU")
     p.add_argument("--device", default="auto", help="tuning device: auto, cuda, cuda:N, cpu")

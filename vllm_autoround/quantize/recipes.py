@@ -13,11 +13,13 @@ class Recipe:
     batch_size: int
     lr: float | None = None  # None: 1 / iters
     minmax_lr: float | None = None  # None: same as lr
+    e2e_epochs: int = 0  # end-to-end scale tuning after SignRound (quantize/e2e.py); 0 = off
+    e2e_lr: float = 3e-3
 
 
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(iters=200, nsamples=128, seqlen=2048, batch_size=8),
-    "best": Recipe(iters=1000, nsamples=512, seqlen=2048, batch_size=8),
+    "best": Recipe(iters=1000, nsamples=512, seqlen=2048, batch_size=8, e2e_epochs=1),
     "light": Recipe(iters=50, nsamples=128, seqlen=2048, batch_size=8, lr=5e-3),
     "fast": Recipe(iters=200, nsamples=128, seqlen=512, batch_size=4),
     "rtn": Recipe(iters=0, nsamples=0, seqlen=0, batch_size=1),

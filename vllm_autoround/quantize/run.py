@@ -25,14 +25,19 @@ REPORT_NAME = "quantize_report.json"
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return resolve(args.recipe, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
-                   batch_size=args.batch_size, lr=args.lr, minmax_lr=args.minmax_lr)
+                   batch_size=args.batch_size, lr=args.lr, minmax_lr=args.minmax_lr,
+                   e2e_epochs=getattr(args, "e2e_epochs", None), e2e_lr=getattr(args, "e2e_lr", None))
 
 
 def run_signature(args: argparse.Namespace, recipe: Recipe, model_dir: Path) -> dict[str, Any]:
-    """Settings that must match for ``--resume`` to continue a run (a Hub model's snapshot included)."""
+    """Settings that must match for ``--resume`` to continue a run (a Hub model's snapshot included).
+
+    The end-to-end stage's settings are left out: a run may resume with that stage changed or turned off
+    (e2e.tune_scales_end_to_end refuses only a saved stage of other settings)."""
+    block_recipe = {k: v for k, v in vars(recipe).items() if not k.startswith("e2e_")}
     return {"model": str(model_dir.resolve()), "bits": args.bits, "group_size": args.group_size,
             "sym": not args.asym, "layer_config": args.layer_config, "quant_lm_head": args.quant_lm_head,
-            "recipe": vars(recipe) if hasattr(recipe, "__dict__") else str(recipe), "seed": args.seed,
+            "recipe": block_recipe, "seed": args.seed,
             "dataset": args.dataset, "gradient_accumulate_steps": args.gradient_accumulate_steps}
 
 
@@ -64,25 +69,40 @@ def quantize(args: argparse.Namespace) -> Path:
         print(f"warning: {line}", file=sys.stderr)
     device = resolve_device(args.device)
     check_eval_args(args)
+    if recipe.iters < 0:
+        raise ValueError(f"--iters ({recipe.iters}) must be >= 0 (0 = RTN)")
+    if recipe.e2e_epochs < 0 or not recipe.e2e_lr > 0:
+        raise ValueError(f"--e2e_epochs ({recipe.e2e_epochs}) must be >= 0 and --e2e_lr ({recipe.e2e_lr}) > 0")
     tokens = None
-    if recipe.iters:
-        if min(recipe.iters, recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1)) < 1:
-            raise ValueError("--iters, --batch_size and --gradient_accumulate_steps must be positive")
-        check_blocks_readable(files, model, plan.block_prefix)
+    if recipe.iters or recipe.e2e_epochs:
+        if min(recipe.nsamples, recipe.seqlen) < 1:
+            raise ValueError(f"--recipe {args.recipe} with end-to-end scale tuning needs calibration text: pass "
+                             f"--nsamples and --seqlen")
+        if recipe.iters and min(recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1)) < 1:
+            raise ValueError("--batch_size and --gradient_accumulate_steps must be positive")
+        if recipe.iters:
+            check_blocks_readable(files, model, plan.block_prefix)
         tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen,
                                     args.seed)
     writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe, files.root))
     report: dict[str, Any] = {"method": "rtn" if recipe.iters == 0 else "signround", "recipe": vars(recipe)}
-    if tokens is None:
-        quantize_rtn(files, plan, writer, device)
-    else:
+    if recipe.iters:
         from vllm_autoround.quantize.signround import tune_model
 
         report.update(tune_model(files, plan, writer, recipe, args, tokens))
+    else:
+        quantize_rtn(files, plan, writer, device)
+    if recipe.e2e_epochs:
+        from vllm_autoround.quantize.e2e import tune_scales_end_to_end
+
+        report["e2e"] = tune_scales_end_to_end(files, plan, writer, tokens, recipe.e2e_epochs, recipe.e2e_lr,
+                                               getattr(args, "e2e_batch_size", 4), device, args.seed)
     metadata = dict(autoround_version=f"vllm-autoround-{__version__}", iters=recipe.iters)
     if recipe.iters:
         metadata.update(nsamples=recipe.nsamples, seqlen=recipe.seqlen, batch_size=recipe.batch_size,
                         lr=recipe.lr, minmax_lr=recipe.minmax_lr)
+    if recipe.e2e_epochs:
+        metadata.update(e2e_epochs=recipe.e2e_epochs, e2e_lr=recipe.e2e_lr)
     quant_config = plan.quant_config(**metadata).to_dict()
     config = dict(files.config, quantization_config=quant_config)
     report["seconds"] = round(time.monotonic() - started, 3)

@@ -83,9 +83,31 @@ class CheckpointWriter:
         self.manifest["units"][unit] = {"file": file, "tensors": sorted(tensors), "info": info or {}}
         write_json_atomic(self.partial / MANIFEST, self.manifest)
 
+    def save_stage(self, stage: str, tensors: dict[str, torch.Tensor], info: dict | None = None) -> None:
+        """Keep a whole-model stage's result (e.g. tuned scales) across a crash; not part of the checkpoint."""
+        file = f"stage-{stage}.safetensors"
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        write_atomic(self.partial / file, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
+        self.manifest.setdefault("stages", {})[stage] = {"file": file, "info": info or {}}
+        write_json_atomic(self.partial / MANIFEST, self.manifest)
+
+    def read_stage(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """A saved stage's tensors and info, or None if it never finished."""
+        from safetensors.torch import load_file
+
+        entry = self.manifest.get("stages", {}).get(stage)
+        if entry is None:
+            return None
+        path = self.partial / entry["file"]
+        if not path.exists():
+            raise FormatError(f"{path}: file of finished stage {stage!r} is missing")
+        return load_file(str(path)), entry["info"]
+
     def finalize(self, config: dict[str, Any], auxiliary_files: list[Path], extra_json: dict[str, Any]) -> Path:
         """Write the index, config and side files, then rename ``.partial`` to the output directory."""
         self._remove_temporaries()
+        for entry in self.manifest.get("stages", {}).values():
+            (self.partial / entry["file"]).unlink(missing_ok=True)
         weight_map: dict[str, str] = {}
         total = 0
         for entry in self.manifest["units"].values():
