@@ -75,19 +75,21 @@ class CheckpointWriter:
 
         return load_file(str(self.partial / self.manifest["units"][unit]["file"]))
 
+    def _save_shard(self, file: str, tensors: dict[str, torch.Tensor]) -> None:
+        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        write_atomic(self.partial / file, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
+
     def write_unit(self, unit: str, tensors: dict[str, torch.Tensor], info: dict | None = None) -> None:
         """Save one unit's tensors as a shard, then record it as finished."""
         file = f"model-{unit}.safetensors"
-        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        write_atomic(self.partial / file, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
+        self._save_shard(file, tensors)
         self.manifest["units"][unit] = {"file": file, "tensors": sorted(tensors), "info": info or {}}
         write_json_atomic(self.partial / MANIFEST, self.manifest)
 
     def save_stage(self, stage: str, tensors: dict[str, torch.Tensor], info: dict | None = None) -> None:
         """Keep a whole-model stage's result (e.g. tuned scales) across a crash; not part of the checkpoint."""
         file = f"stage-{stage}.safetensors"
-        cpu = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        write_atomic(self.partial / file, lambda tmp: save_file(cpu, tmp, metadata={"format": "pt"}))
+        self._save_shard(file, tensors)
         self.manifest.setdefault("stages", {})[stage] = {"file": file, "info": info or {}}
         write_json_atomic(self.partial / MANIFEST, self.manifest)
 
