@@ -139,3 +139,23 @@ def test_out_of_memory_keeps_the_signround_result_and_says_how_to_go_on(toy_llam
     quantize_cli(toy_llama, out, *W2, "--resume")  # the stage turned off: the blocks are not tuned again
     report = json.loads((out / "quantize_report.json").read_text())
     assert "e2e" not in report and all(block.get("resumed") for block in report["blocks"])
+
+
+def test_the_bf16_path_cuda_takes_also_lowers_the_loss(toy_llama, tmp_path, monkeypatch):
+    """CUDA runs the stage in bf16 (CI has no GPU): the same call in bf16 on the CPU trains and stays finite."""
+    captured = {}
+
+    def capture(*args, **kwargs):
+        captured["args"] = args
+        raise torch.OutOfMemoryError("stop here")
+
+    monkeypatch.setattr(e2e, "train_scales", capture)
+    assert main(["--model", str(toy_llama), "--output", str(tmp_path / "ckpt"), "--device", "cpu", "--bits", "2",
+                 "--group_size", "32", "--iters", "0", "--nsamples", "8", "--seqlen", "64", *E2E]) == 2
+    monkeypatch.undo()
+    files, plan, writer, tokens, _, _, batch_size, device, seed = captured["args"]
+    scales, report = e2e.train_scales(files, plan, writer, tokens, 3, 1e-2, batch_size, device, seed,
+                                      dtype=torch.bfloat16)
+    assert "discarded" not in report and len(scales) == 14
+    assert report["kl_per_epoch"][-1] < 0.8 * report["kl_per_epoch"][0], report
+    assert all(s.dtype == torch.float16 and bool(torch.isfinite(s).all()) for s in scales.values())

@@ -103,13 +103,16 @@ def install_student(model: torch.nn.Module, writer: CheckpointWriter, plan: Quan
 
 
 def train_scales(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, tokens: torch.Tensor,
-                 epochs: int, lr: float, batch_size: int, device: torch.device, seed: int
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Distil the written checkpoint towards the original model; its tuned scales and a report."""
+                 epochs: int, lr: float, batch_size: int, device: torch.device, seed: int,
+                 dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Distil the written checkpoint towards the original model; its tuned scales and a report.
+
+    Models run in ``dtype``: by default bf16 on CUDA (as the block-wise tuner's autocast), float32 elsewhere.
+    """
     from vllm_autoround.quantize.evaluate import load_model
 
     started = time.monotonic()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     teacher = load_model(files.root, device, dtype)
     student = load_model(files.root, device, dtype)
     for param in list(teacher.parameters()) + list(student.parameters()):
