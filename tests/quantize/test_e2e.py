@@ -71,7 +71,7 @@ def test_only_scales_move_and_the_output_gets_closer(toy_llama, signround_and_e2
 
 
 def test_resume_after_a_kill_mid_rewrite_writes_the_saved_scales(toy_llama, signround_and_e2e, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, capsys):
     out = tmp_path / "ckpt"
     rewrite = CheckpointWriter.write_unit
     rewritten = []
@@ -92,6 +92,10 @@ def test_resume_after_a_kill_mid_rewrite_writes_the_saved_scales(toy_llama, sign
     # Other end-to-end settings than the saved stage's: refused, naming the directory.
     assert main(["--model", str(toy_llama), "--output", str(out), "--device", "cpu", *W2,
                  "--e2e_epochs", "3", "--e2e_lr", "1e-2", "--resume"]) == 2
+    # Turning the stage off now would publish a mix of tuned and untuned scales: refused too.
+    assert main(["--model", str(toy_llama), "--output", str(out), "--device", "cpu", *W2, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "tuned scales end to end with" in err and "already tuned scales end to end" in err, err
     monkeypatch.setattr(e2e, "train_scales", lambda *a, **k: pytest.fail("trained again on --resume"))
     quantize_cli(toy_llama, out, *W2, *E2E, "--resume")
     uninterrupted = _tensors(signround_and_e2e[1])

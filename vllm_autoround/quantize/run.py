@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from vllm_autoround import __version__
+from vllm_autoround.format.errors import FormatError
 from vllm_autoround.format.schema import LayerScheme
 from vllm_autoround.quantize.block_io import check_blocks_readable
 from vllm_autoround.quantize.calibration import calibration_tokens, load_tokenizer
@@ -85,6 +86,14 @@ def quantize(args: argparse.Namespace) -> Path:
         tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen,
                                     args.seed)
     writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe, files.root))
+    if not recipe.e2e_epochs:
+        from vllm_autoround.quantize.e2e import STAGE as E2E_STAGE
+
+        saved = writer.stage_info(E2E_STAGE)
+        if saved is not None:
+            raise FormatError(f"{writer.partial}: the interrupted run already tuned scales end to end (epochs "
+                              f"{saved.get('epochs')}, lr {saved.get('lr')}) and may have written some of them; "
+                              f"resume with --e2e_epochs {saved.get('epochs')} --e2e_lr {saved.get('lr')}")
     report: dict[str, Any] = {"method": "rtn" if recipe.iters == 0 else "signround", "recipe": vars(recipe)}
     if recipe.iters:
         from vllm_autoround.quantize.signround import tune_model
