@@ -156,6 +156,15 @@ def train_scales(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, t
     return scales, report
 
 
+def refuse_to_drop_saved_stage(writer: CheckpointWriter) -> None:
+    """A resume without the stage, after it saved its scales, would publish some shards tuned and some not."""
+    saved = writer.stage_info(STAGE)
+    if saved is not None:
+        raise FormatError(f"{writer.partial}: the interrupted run already tuned scales end to end (epochs "
+                          f"{saved.get('epochs')}, lr {saved.get('lr')}) and may have written some of them; "
+                          f"resume with --e2e_epochs {saved.get('epochs')} --e2e_lr {saved.get('lr')}")
+
+
 def tune_scales_end_to_end(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, tokens: torch.Tensor,
                            epochs: int, lr: float, batch_size: int, device: str, seed: int) -> dict[str, Any]:
     """Tune, then rewrite every unit with the tuned scales; resumable at every step.

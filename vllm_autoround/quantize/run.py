@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from vllm_autoround import __version__
-from vllm_autoround.format.errors import FormatError
 from vllm_autoround.format.schema import LayerScheme
 from vllm_autoround.quantize.block_io import check_blocks_readable
 from vllm_autoround.quantize.calibration import calibration_tokens, load_tokenizer
@@ -58,6 +57,18 @@ def check_eval_args(args: argparse.Namespace) -> None:
                          f"--eval_samples ({args.eval_samples}) >= 1")
 
 
+def check_recipe_args(args: argparse.Namespace, recipe: Recipe) -> None:
+    if recipe.iters < 0:
+        raise ValueError(f"--iters ({recipe.iters}) must be >= 0 (0 = RTN)")
+    if recipe.e2e_epochs < 0 or not recipe.e2e_lr > 0:
+        raise ValueError(f"--e2e_epochs ({recipe.e2e_epochs}) must be >= 0 and --e2e_lr ({recipe.e2e_lr}) > 0")
+    if (recipe.iters or recipe.e2e_epochs) and min(recipe.nsamples, recipe.seqlen) < 1:
+        raise ValueError(f"--recipe {args.recipe} has no calibration set (nsamples {recipe.nsamples}, seqlen "
+                         f"{recipe.seqlen}); SignRound and end-to-end scale tuning need --nsamples and --seqlen")
+    if recipe.iters and min(recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1)) < 1:
+        raise ValueError("--batch_size and --gradient_accumulate_steps must be positive")
+
+
 def quantize(args: argparse.Namespace) -> Path:
     """Run one quantization; everything that can be checked is checked before ``OUTPUT.partial`` exists."""
     started = time.monotonic()
@@ -70,30 +81,16 @@ def quantize(args: argparse.Namespace) -> Path:
         print(f"warning: {line}", file=sys.stderr)
     device = resolve_device(args.device)
     check_eval_args(args)
-    if recipe.iters < 0:
-        raise ValueError(f"--iters ({recipe.iters}) must be >= 0 (0 = RTN)")
-    if recipe.e2e_epochs < 0 or not recipe.e2e_lr > 0:
-        raise ValueError(f"--e2e_epochs ({recipe.e2e_epochs}) must be >= 0 and --e2e_lr ({recipe.e2e_lr}) > 0")
-    tokens = None
-    if recipe.iters or recipe.e2e_epochs:
-        if min(recipe.nsamples, recipe.seqlen) < 1:
-            raise ValueError(f"--recipe {args.recipe} with end-to-end scale tuning needs calibration text: pass "
-                             f"--nsamples and --seqlen")
-        if recipe.iters and min(recipe.batch_size, getattr(args, "gradient_accumulate_steps", 1)) < 1:
-            raise ValueError("--batch_size and --gradient_accumulate_steps must be positive")
-        if recipe.iters:
-            check_blocks_readable(files, model, plan.block_prefix)
-        tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen,
-                                    args.seed)
+    check_recipe_args(args, recipe)
+    if recipe.iters:
+        check_blocks_readable(files, model, plan.block_prefix)
+    tokens = (calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen, args.seed)
+              if recipe.iters or recipe.e2e_epochs else None)
     writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe, files.root))
     if not recipe.e2e_epochs:
-        from vllm_autoround.quantize.e2e import STAGE as E2E_STAGE
+        from vllm_autoround.quantize.e2e import refuse_to_drop_saved_stage
 
-        saved = writer.stage_info(E2E_STAGE)
-        if saved is not None:
-            raise FormatError(f"{writer.partial}: the interrupted run already tuned scales end to end (epochs "
-                              f"{saved.get('epochs')}, lr {saved.get('lr')}) and may have written some of them; "
-                              f"resume with --e2e_epochs {saved.get('epochs')} --e2e_lr {saved.get('lr')}")
+        refuse_to_drop_saved_stage(writer)
     report: dict[str, Any] = {"method": "rtn" if recipe.iters == 0 else "signround", "recipe": vars(recipe)}
     if recipe.iters:
         from vllm_autoround.quantize.signround import tune_model
