@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vllm_autoround.format.errors import FormatError
-from vllm_autoround.format.tensors import SCALE_DTYPE, unpack_linear
+from vllm_autoround.format.tensors import SCALE_DTYPE, TENSOR_SUFFIXES, unpack_linear
 from vllm_autoround.quantize.model_files import ModelFiles
 from vllm_autoround.quantize.plan import LinearLayer, QuantPlan
 from vllm_autoround.quantize.rtn import REST_UNIT, block_unit
@@ -87,7 +87,7 @@ def install_student(model: torch.nn.Module, writer: CheckpointWriter, plan: Quan
         if unit not in cache:
             cache.clear()
             cache[unit] = writer.read_unit(unit)
-        tensors = {suffix: cache[unit][f"{name}.{suffix}"] for suffix in ("qweight", "qzeros", "scales", "g_idx")
+        tensors = {suffix: cache[unit][f"{name}.{suffix}"] for suffix in TENSOR_SUFFIXES
                    if f"{name}.{suffix}" in cache[unit]}
         packed = unpack_linear(tensors, layer.scheme, offset, name)
         parent_name, _, child = name.rpartition(".")

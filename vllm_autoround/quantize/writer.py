@@ -93,16 +93,19 @@ class CheckpointWriter:
         self.manifest.setdefault("stages", {})[stage] = {"file": file, "info": info or {}}
         write_json_atomic(self.partial / MANIFEST, self.manifest)
 
+    def _stage_entry(self, stage: str) -> dict[str, Any] | None:
+        return self.manifest.get("stages", {}).get(stage)
+
     def stage_info(self, stage: str) -> dict[str, Any] | None:
         """The info a finished stage was saved with, or None."""
-        entry = self.manifest.get("stages", {}).get(stage)
+        entry = self._stage_entry(stage)
         return None if entry is None else entry["info"]
 
     def read_stage(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """A saved stage's tensors and info, or None if it never finished."""
         from safetensors.torch import load_file
 
-        entry = self.manifest.get("stages", {}).get(stage)
+        entry = self._stage_entry(stage)
         if entry is None:
             return None
         path = self.partial / entry["file"]
