@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -59,8 +60,12 @@ def run_ours(model_dir: Path, data: Path, bits: int, group_size: int, method: st
     out = work / f"{method}-w{bits}g{group_size}"
     argv = ["--model", str(model_dir), "--device", device, "--bits", str(bits), "--group_size", str(group_size),
             "--seed", str(a.seed), *RECIPE_FLAGS[method]]
+    if method == "ours-e2e":  # the built-in corpus: the same first nsamples sequences, and more for --e2e_nsamples
+        argv += shlex.split(a.e2e_flags)
+    else:
+        argv += ["--dataset", str(data)]
     if method != "rtn":
-        argv += ["--dataset", str(data), "--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen)]
+        argv += ["--nsamples", str(a.nsamples), "--seqlen", str(a.seqlen)]
         if a.iters is not None:
             argv += ["--iters", str(a.iters)]
     seconds, report = timed_quantize(out, argv)
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval_samples", type=int, help="at most this many perplexity windows (default: all)")
     p.add_argument("--eval_bs", type=int, default=4)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--e2e_flags", default="", help="more flags for ours-e2e, e.g. '--e2e_nsamples 512'")
     p.add_argument("--deadline", type=float, help="start no new entry after this many seconds")
     a = p.parse_args(argv)
     schemes, methods = a.schemes.split(","), a.methods.split(",")
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results["info"] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                        "torch": torch.__version__, "model": str(model_dir), "nsamples": a.nsamples,
-                       "seqlen": a.seqlen, "eval_seqlen": a.eval_seqlen, "seed": a.seed}
+                       "seqlen": a.seqlen, "eval_seqlen": a.eval_seqlen, "seed": a.seed,
+                       "ours-e2e": " ".join(RECIPE_FLAGS["ours-e2e"] + tuple(shlex.split(a.e2e_flags)))}
 
     tok = load_tokenizer(model_dir)
     tokens = calibration_tokens(tok, None, a.nsamples, a.seqlen, a.seed)
