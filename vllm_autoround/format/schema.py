@@ -56,7 +56,6 @@ class QuantConfig(msgspec.Struct, forbid_unknown_fields=False):
     batch_size: int | None = None
     e2e_epochs: int | None = None  # ours: end-to-end scale tuning after SignRound (absent: none)
     e2e_lr: float | None = None
-    e2e_code_lr: float | None = None  # > 0: the stage also moved codes
     e2e_nsamples: int | None = None
     autoround_version: str | None = None
 

@@ -15,7 +15,6 @@ class Recipe:
     minmax_lr: float | None = None  # None: same as lr
     e2e_epochs: int = 0  # end-to-end scale tuning after SignRound (quantize/e2e.py); 0 = off
     e2e_lr: float = 3e-3
-    e2e_code_lr: float = 0.0  # > 0: the end-to-end stage also moves codes (signed steps of this size)
     e2e_nsamples: int | None = None  # calibration sequences of the end-to-end stage; None: nsamples
 
 

@@ -27,7 +27,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return resolve(args.recipe, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
                    batch_size=args.batch_size, lr=args.lr, minmax_lr=args.minmax_lr,
                    e2e_epochs=getattr(args, "e2e_epochs", None), e2e_lr=getattr(args, "e2e_lr", None),
-                   e2e_code_lr=getattr(args, "e2e_code_lr", None), e2e_nsamples=getattr(args, "e2e_nsamples", None))
+                   e2e_nsamples=getattr(args, "e2e_nsamples", None))
 
 
 def run_signature(args: argparse.Namespace, recipe: Recipe, model_dir: Path) -> dict[str, Any]:
@@ -63,9 +63,8 @@ def check_recipe_args(args: argparse.Namespace, recipe: Recipe) -> None:
         raise ValueError(f"--iters ({recipe.iters}) must be >= 0 (0 = RTN)")
     if recipe.e2e_epochs < 0 or not recipe.e2e_lr > 0:
         raise ValueError(f"--e2e_epochs ({recipe.e2e_epochs}) must be >= 0 and --e2e_lr ({recipe.e2e_lr}) > 0")
-    if not recipe.e2e_code_lr >= 0 or (recipe.e2e_nsamples is not None and recipe.e2e_nsamples < 1):
-        raise ValueError(f"--e2e_code_lr ({recipe.e2e_code_lr}) must be >= 0 and --e2e_nsamples "
-                         f"({recipe.e2e_nsamples}) >= 1")
+    if recipe.e2e_nsamples is not None and recipe.e2e_nsamples < 1:
+        raise ValueError(f"--e2e_nsamples ({recipe.e2e_nsamples}) must be >= 1")
     if (recipe.iters or recipe.e2e_epochs) and min(recipe.nsamples, recipe.seqlen) < 1:
         raise ValueError(f"--recipe {args.recipe} has no calibration set (nsamples {recipe.nsamples}, seqlen "
                          f"{recipe.seqlen}); SignRound and end-to-end scale tuning need --nsamples and --seqlen")
@@ -110,15 +109,13 @@ def quantize(args: argparse.Namespace) -> Path:
         from vllm_autoround.quantize.e2e import tune_scales_end_to_end
 
         report["e2e"] = tune_scales_end_to_end(files, plan, writer, e2e_tokens, recipe.e2e_epochs, recipe.e2e_lr,
-                                               getattr(args, "e2e_batch_size", 4), device, args.seed,
-                                               code_lr=recipe.e2e_code_lr)
+                                               getattr(args, "e2e_batch_size", 4), device, args.seed)
     metadata = dict(autoround_version=f"vllm-autoround-{__version__}", iters=recipe.iters)
     if recipe.iters:
         metadata.update(nsamples=recipe.nsamples, seqlen=recipe.seqlen, batch_size=recipe.batch_size,
                         lr=recipe.lr, minmax_lr=recipe.minmax_lr)
     if recipe.e2e_epochs:
-        metadata.update(e2e_epochs=recipe.e2e_epochs, e2e_lr=recipe.e2e_lr, e2e_code_lr=recipe.e2e_code_lr,
-                        e2e_nsamples=e2e_tokens.shape[0])
+        metadata.update(e2e_epochs=recipe.e2e_epochs, e2e_lr=recipe.e2e_lr, e2e_nsamples=e2e_tokens.shape[0])
     quant_config = plan.quant_config(**metadata).to_dict()
     config = dict(files.config, quantization_config=quant_config)
     report["seconds"] = round(time.monotonic() - started, 3)
