@@ -1,15 +1,16 @@
 """Accuracy benchmark: held-out perplexity, tuning time and peak memory of RTN, our SignRound (default and
-light recipes, and default followed by one epoch of end-to-end scale tuning) and auto-round 0.16.1 (default
-recipe) on a real model, at W4 g128, W3 g64 and W2 g64.
+light recipes, and default followed by one epoch of end-to-end scale tuning over 512 sequences) and
+auto-round 0.16.1 (default recipe) on a real model, at W4 g128, W3 g64 and W2 g64.
 
 Every method gets the same calibration tokens (the default recipe's 128 x 2048 from the built-in Brown
-calibration split, seed 42) and the same sym scheme; where a group size does not divide a layer's
-in_features, both tools get the same smaller group (our planner's fallback, passed to auto-round as its
-``layer_config``). Perplexity is measured once per method by one evaluator: the Hugging Face model with the
-method's dequantized (ours) or fake-quantized (auto-round) weights, on the held-out Brown genre (never
-calibrated on), 2048-token windows, bf16 on CUDA. Time is the whole run (load, calibration, tuning,
-packing); peak memory is ``torch.cuda.max_memory_allocated`` during the run, above what was allocated
-when it began (so what an earlier method left allocated in this process is not counted).
+calibration split, seed 42; ours-e2e's stage also sees 384 more from the same split) and the same sym
+scheme; where a group size does not divide a layer's in_features, both tools get the same smaller group (our
+planner's fallback, passed to auto-round as its ``layer_config``). Perplexity is measured once per method by
+one evaluator: the Hugging Face model with the method's dequantized (ours) or fake-quantized (auto-round)
+weights, on the held-out Brown genre (never calibrated on), 2048-token windows, bf16 on CUDA. Time is the
+whole run (load, calibration, tuning, packing); peak memory is ``torch.cuda.max_memory_allocated`` during
+the run, above what was allocated when it began (so what an earlier method left allocated in this process is
+not counted).
 
 Results accumulate in ``--results`` (JSON, rewritten atomically after each entry); entries already there
 are skipped, so the benchmark can be spread over several calls of a time-limited machine and still prints
@@ -52,7 +53,8 @@ from vllm_autoround.quantize.writer import write_json_atomic  # noqa: E402
 SCHEMES = {"W4g128": (4, 128), "W3g64": (3, 64), "W2g64": (2, 64)}
 METHODS = ("rtn", "ours-default", "ours-e2e", "ours-light", "auto-round")
 RECIPE_FLAGS = {"rtn": ("--iters", "0"), "ours-default": ("--recipe", "default"),
-                "ours-e2e": ("--recipe", "default", "--e2e_epochs", "1"), "ours-light": ("--recipe", "light")}
+                "ours-e2e": ("--recipe", "default", "--e2e_epochs", "1", "--e2e_nsamples", "512"),
+                "ours-light": ("--recipe", "light")}
 
 
 def run_ours(model_dir: Path, data: Path, bits: int, group_size: int, method: str, a: argparse.Namespace,
