@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval_samples", type=int, help="at most this many perplexity windows (default: all)")
     p.add_argument("--eval_bs", type=int, default=4)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--e2e_flags", default="", help="more flags for ours-e2e, e.g. '--e2e_nsamples 512'")
+    p.add_argument("--e2e_flags", default="", help="more flags for ours-e2e, e.g. '--e2e_lr 1e-2'")
     p.add_argument("--deadline", type=float, help="start no new entry after this many seconds")
     a = p.parse_args(argv)
     schemes, methods = a.schemes.split(","), a.methods.split(",")

@@ -123,6 +123,7 @@ def test_rtn_codes_can_be_tuned_end_to_end(toy_llama, tmp_path):
     (("--recipe", "rtn", "--e2e_epochs", "1"), "--recipe rtn has no calibration set"),
     (("--recipe", "rtn", "--iters", "5"), "SignRound and end-to-end scale tuning need --nsamples"),
     (("--iters", "-3"), "--iters (-3) must be >= 0"),
+    (("--e2e_nsamples", "64"), "needs --e2e_epochs >= 1"),
 ])
 def test_bad_e2e_settings_are_refused_before_any_output(toy_llama, tmp_path, capsys, flags, message):
     out = tmp_path / "never"

@@ -146,8 +146,7 @@ def train_scales(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, t
         scales = {name: layer.scales().to(SCALE_DTYPE).cpu() for name, layer in layers.items()}
         shift = max((layer.factor.abs().max().item() for layer in layers.values()), default=0.0)
     report = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "sequences": tokens.shape[0],
-              "steps": epochs * batches,
-              "layers": len(layers), "kl_per_epoch": [float(f"{x:.6g}") for x in epoch_kl],
+              "steps": epochs * batches, "layers": len(layers), "kl_per_epoch": [float(f"{x:.6g}") for x in epoch_kl],
               "max_relative_change": round(shift, 4), "seconds": round(time.monotonic() - started, 3)}
     bad = [name for name, s in scales.items() if not bool(torch.isfinite(s).all()) or bool((s == 0).any())]
     if bad or not all(math.isfinite(x) for x in epoch_kl):

@@ -63,8 +63,9 @@ def check_recipe_args(args: argparse.Namespace, recipe: Recipe) -> None:
         raise ValueError(f"--iters ({recipe.iters}) must be >= 0 (0 = RTN)")
     if recipe.e2e_epochs < 0 or not recipe.e2e_lr > 0:
         raise ValueError(f"--e2e_epochs ({recipe.e2e_epochs}) must be >= 0 and --e2e_lr ({recipe.e2e_lr}) > 0")
-    if recipe.e2e_nsamples is not None and recipe.e2e_nsamples < 1:
-        raise ValueError(f"--e2e_nsamples ({recipe.e2e_nsamples}) must be >= 1")
+    if recipe.e2e_nsamples is not None and (recipe.e2e_nsamples < 1 or not recipe.e2e_epochs):
+        raise ValueError(f"--e2e_nsamples ({recipe.e2e_nsamples}) must be >= 1 and needs --e2e_epochs >= 1 (the "
+                         f"end-to-end stage it sizes is off)")
     if (recipe.iters or recipe.e2e_epochs) and min(recipe.nsamples, recipe.seqlen) < 1:
         raise ValueError(f"--recipe {args.recipe} has no calibration set (nsamples {recipe.nsamples}, seqlen "
                          f"{recipe.seqlen}); SignRound and end-to-end scale tuning need --nsamples and --seqlen")
