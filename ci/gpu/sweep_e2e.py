@@ -49,7 +49,8 @@ def run_variant(base: Path, model_dir: Path, variant: dict, a: argparse.Namespac
     files = ModelFiles(model_dir)
     plan = build_plan(meta_model(files.config), LayerScheme(a.bits, a.group_size, not a.asym))
     out = work / "variant"
-    shutil.rmtree(out, ignore_errors=True)
+    for stale in (out, out.with_name("variant.partial")):  # a variant an earlier call left, finished or not
+        shutil.rmtree(stale, ignore_errors=True)
     writer = CheckpointWriter(out)
     for shard in sorted(base.glob("model-*.safetensors")):
         from safetensors.torch import load_file
