@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         start_key = f"signround {' '.join(flags)}"
         if not base.exists():
             t0 = time.perf_counter()
-            if quantize_main(["--model", str(model_dir), "--output", str(base), "--device", device, *flags]) != 0:
+            if quantize_main(["--model", str(model_dir), "--output", str(base), "--device", device, "--resume",
+                              *flags]) != 0:  # --resume: finish what an earlier call left
                 raise SystemExit("the SignRound run failed")
             results[start_key] = {"seconds": round(time.perf_counter() - t0, 2)}
         if "ppl" not in results.setdefault(start_key, {"seconds": None}):  # None: made by an earlier call
