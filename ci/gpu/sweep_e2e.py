@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -34,8 +35,8 @@ from vllm_autoround.quantize.calibration import calibration_tokens, load_tokeniz
 from vllm_autoround.quantize.e2e import tune_scales_end_to_end  # noqa: E402
 from vllm_autoround.quantize.evaluate import dequantized_weights, heldout_windows, load_model  # noqa: E402
 from vllm_autoround.quantize.model_files import ModelFiles  # noqa: E402
-from vllm_autoround.quantize.plan import build_plan, meta_model  # noqa: E402
-from vllm_autoround.quantize.writer import CheckpointWriter, write_json_atomic  # noqa: E402
+from vllm_autoround.quantize.plan import QuantPlan, build_plan, meta_model  # noqa: E402
+from vllm_autoround.quantize.writer import CheckpointWriter, write_json_atomic, written_units  # noqa: E402
 
 DEFAULTS = {"epochs": 1, "lr": 3e-3, "nsamples": 128, "batch_size": 4}
 
@@ -44,23 +45,19 @@ def variant_key(v: dict) -> str:
     return ",".join(f"{k}={v[k]}" for k in DEFAULTS)
 
 
-def run_variant(base: Path, model_dir: Path, variant: dict, a: argparse.Namespace, work: Path) -> dict:
-    """The stage with ``variant``'s settings on a copy of ``base``'s units; its report and finished checkpoint."""
-    files = ModelFiles(model_dir)
-    plan = build_plan(meta_model(files.config), LayerScheme(a.bits, a.group_size, not a.asym))
+def run_variant(base: Path, files: ModelFiles, plan: QuantPlan, tokenizer, variant: dict, a: argparse.Namespace,
+                work: Path) -> dict:
+    """The stage with ``variant``'s settings on a copy of ``base``'s units; its report (checkpoint in work/variant)."""
     out = work / "variant"
     for stale in (out, out.with_name("variant.partial")):  # a variant an earlier call left, finished or not
         shutil.rmtree(stale, ignore_errors=True)
     writer = CheckpointWriter(out)
-    for shard in sorted(base.glob("model-*.safetensors")):
-        from safetensors.torch import load_file
-
-        writer.write_unit(shard.name.removeprefix("model-").removesuffix(".safetensors"), load_file(str(shard)))
-    tokens = calibration_tokens(load_tokenizer(model_dir), None, variant["nsamples"], a.seqlen, a.seed)
+    for unit, shard in written_units(base).items():
+        writer.write_unit(unit, load_file(str(shard)))
+    tokens = calibration_tokens(tokenizer, None, variant["nsamples"], a.seqlen, a.seed)
     report = tune_scales_end_to_end(files, plan, writer, tokens, variant["epochs"], variant["lr"],
                                     variant["batch_size"], "cuda" if torch.cuda.is_available() else "cpu", a.seed)
-    config = json.loads((base / "config.json").read_text())
-    writer.finalize(config, [], {})
+    writer.finalize(json.loads((base / "config.json").read_text()), [], {})
     return report
 
 
@@ -95,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
              "--seqlen", str(a.seqlen), "--e2e_epochs", "0", *(["--asym"] if a.asym else []),
              *shlex.split(a.quantize_flags)]
     tok = load_tokenizer(model_dir)
+    files = ModelFiles(model_dir)
+    plan = build_plan(meta_model(files.config), LayerScheme(a.bits, a.group_size, not a.asym))
     windows = heldout_windows(tok, a.eval_seqlen, a.eval_samples)
     model = load_model(model_dir, "cpu", torch.bfloat16 if device == "cuda" else torch.float32)
     try:
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.deadline and time.perf_counter() - started > a.deadline:
                 print(f"deadline: {key} left for the next call", flush=True)
                 continue
-            report = run_variant(base, model_dir, variant, a, work)
+            report = run_variant(base, files, plan, tok, variant, a, work)
             ppl = evaluate(model, windows, dequantized_weights(work / "variant"), device, a.eval_bs)
             runs[key] = {"ppl": ppl, "report": report}
             write_json_atomic(results_path, results)

@@ -96,6 +96,7 @@ def test_resume_after_a_kill_mid_rewrite_writes_the_saved_scales(toy_llama, sign
     assert main(["--model", str(toy_llama), "--output", str(out), "--device", "cpu", *W2, "--resume"]) == 2
     err = capsys.readouterr().err
     assert "tuned scales end to end with" in err and "already tuned scales end to end" in err, err
+    assert "resume with --e2e_epochs 3 --e2e_lr 0.003 --e2e_nsamples 8" in err, err
     monkeypatch.setattr(e2e, "train_scales", lambda *a, **k: pytest.fail("trained again on --resume"))
     quantize_cli(toy_llama, out, *W2, *E2E, "--resume")
     uninterrupted = _tensors(signround_and_e2e[1])

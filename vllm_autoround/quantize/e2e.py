@@ -160,9 +160,11 @@ def refuse_to_drop_saved_stage(writer: CheckpointWriter) -> None:
     """A resume without the stage, after it saved its scales, would publish some shards tuned and some not."""
     saved = writer.stage_info(STAGE)
     if saved is not None:
-        raise FormatError(f"{writer.partial}: the interrupted run already tuned scales end to end (epochs "
-                          f"{saved.get('epochs')}, lr {saved.get('lr')}) and may have written some of them; "
-                          f"resume with --e2e_epochs {saved.get('epochs')} --e2e_lr {saved.get('lr')}")
+        flags = f"--e2e_epochs {saved.get('epochs')} --e2e_lr {saved.get('lr')}"
+        if saved.get("sequences") is not None:
+            flags += f" --e2e_nsamples {saved['sequences']}"
+        raise FormatError(f"{writer.partial}: the interrupted run already tuned scales end to end and may have "
+                          f"written some of them; resume with {flags}")
 
 
 def tune_scales_end_to_end(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, tokens: torch.Tensor,

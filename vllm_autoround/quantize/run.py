@@ -88,12 +88,12 @@ def quantize(args: argparse.Namespace) -> Path:
     check_recipe_args(args, recipe)
     if recipe.iters:
         check_blocks_readable(files, model, plan.block_prefix)
-    tokens = (calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.nsamples, recipe.seqlen, args.seed)
-              if recipe.iters or recipe.e2e_epochs else None)
-    e2e_tokens = tokens
-    if recipe.e2e_epochs and recipe.e2e_nsamples not in (None, recipe.nsamples):
-        e2e_tokens = calibration_tokens(load_tokenizer(files.root), args.dataset, recipe.e2e_nsamples, recipe.seqlen,
-                                        args.seed)
+    tokens = e2e_tokens = None
+    if recipe.iters or recipe.e2e_epochs:
+        tokenizer = load_tokenizer(files.root)
+        tokens = e2e_tokens = calibration_tokens(tokenizer, args.dataset, recipe.nsamples, recipe.seqlen, args.seed)
+        if recipe.e2e_epochs and recipe.e2e_nsamples not in (None, recipe.nsamples):
+            e2e_tokens = calibration_tokens(tokenizer, args.dataset, recipe.e2e_nsamples, recipe.seqlen, args.seed)
     writer = CheckpointWriter(args.output, resume=args.resume, run_signature=run_signature(args, recipe, files.root))
     if not recipe.e2e_epochs:
         from vllm_autoround.quantize.e2e import refuse_to_drop_saved_stage

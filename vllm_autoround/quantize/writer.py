@@ -20,6 +20,14 @@ from vllm_autoround.format.errors import FormatError
 from vllm_autoround.format.files import write_atomic, write_text_atomic
 
 MANIFEST = "progress.json"
+UNIT_FILE = "model-{}.safetensors"  # each unit's shard, in .partial and in the published checkpoint
+
+
+def written_units(checkpoint: str | Path) -> dict[str, Path]:
+    """Unit → shard of a published checkpoint (its shards keep the names the writer gave them)."""
+    prefix, suffix = UNIT_FILE.split("{}")
+    return {path.name.removeprefix(prefix).removesuffix(suffix): path
+            for path in sorted(Path(checkpoint).glob(UNIT_FILE.format("*")))}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -81,7 +89,7 @@ class CheckpointWriter:
 
     def write_unit(self, unit: str, tensors: dict[str, torch.Tensor], info: dict | None = None) -> None:
         """Save one unit's tensors as a shard, then record it as finished."""
-        file = f"model-{unit}.safetensors"
+        file = UNIT_FILE.format(unit)
         self._save_shard(file, tensors)
         self.manifest["units"][unit] = {"file": file, "tensors": sorted(tensors), "info": info or {}}
         write_json_atomic(self.partial / MANIFEST, self.manifest)
