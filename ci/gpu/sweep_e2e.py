@@ -38,12 +38,11 @@ from vllm_autoround.quantize.model_files import ModelFiles  # noqa: E402
 from vllm_autoround.quantize.plan import QuantPlan, build_plan, meta_model  # noqa: E402
 from vllm_autoround.quantize.writer import CheckpointWriter, write_json_atomic, written_units  # noqa: E402
 
-DEFAULTS = {"epochs": 1, "lr": 3e-3, "nsamples": 128, "batch_size": 4, "norms": False}
+DEFAULTS = {"epochs": 1, "lr": 3e-3, "nsamples": 128, "batch_size": 4}
 
 
 def variant_key(v: dict) -> str:
-    """``epochs=1,lr=0.003,nsamples=128,batch_size=4`` (``,norms=True`` only when on, so older keys still match)."""
-    return ",".join(f"{k}={v[k]}" for k in DEFAULTS if k != "norms" or v[k])
+    return ",".join(f"{k}={v[k]}" for k in DEFAULTS)
 
 
 def run_variant(base: Path, files: ModelFiles, plan: QuantPlan, tokenizer, variant: dict, a: argparse.Namespace,
@@ -57,8 +56,7 @@ def run_variant(base: Path, files: ModelFiles, plan: QuantPlan, tokenizer, varia
         writer.write_unit(unit, load_file(str(shard)))
     tokens = calibration_tokens(tokenizer, None, variant["nsamples"], a.seqlen, a.seed)
     report = tune_scales_end_to_end(files, plan, writer, tokens, variant["epochs"], variant["lr"],
-                                    variant["batch_size"], "cuda" if torch.cuda.is_available() else "cpu", a.seed,
-                                    variant["norms"])
+                                    variant["batch_size"], "cuda" if torch.cuda.is_available() else "cpu", a.seed)
     writer.finalize(json.loads((base / "config.json").read_text()), [], {})
     return report
 

@@ -125,7 +125,6 @@ def test_rtn_codes_can_be_tuned_end_to_end(toy_llama, tmp_path):
     (("--recipe", "rtn", "--iters", "5"), "SignRound and end-to-end scale tuning need --nsamples"),
     (("--iters", "-3"), "--iters (-3) must be >= 0"),
     (("--e2e_nsamples", "64"), "needs --e2e_epochs >= 1"),
-    (("--e2e_norms",), "--e2e_norms needs --e2e_epochs >= 1"),
 ])
 def test_bad_e2e_settings_are_refused_before_any_output(toy_llama, tmp_path, capsys, flags, message):
     out = tmp_path / "never"
@@ -184,26 +183,3 @@ def test_more_calibration_sequences_for_the_stage_than_for_signround_generalize_
     heldout = calibration_tokens(load_tokenizer(toy_llama), None, 8, 64, 7)
     kl = [_kl_to_original(toy_llama, ckpt, heldout) for ckpt in (sr, tuned_on_8, tuned_on_64)]
     assert kl[2] < 0.9 * kl[1] and kl[1] < kl[0], kl  # measured 2.40e-3, 2.34e-3, 1.98e-3
-
-
-def test_norm_gains_tuned_too_change_only_scales_and_gains_and_fit_closer(toy_llama, signround_and_e2e, tmp_path):
-    """``--e2e_norms``: the gains move as well (in the checkpoint's own dtype), codes and zero points do not,
-    and the published checkpoint, read back by transformers, is closer to the original on the calibration
-    tokens than SignRound's (on this toy, level with the scales-only stage's: measured 3.71e-4 for SignRound,
-    3.29e-4 scales only, 3.35e-4 with the gains)."""
-    sr, scales_only = signround_and_e2e
-    with_norms = quantize_cli(toy_llama, tmp_path / "norms", *W2, *E2E, "--e2e_norms")
-    a, b = _tensors(sr), _tensors(with_norms)
-    assert a.keys() == b.keys()
-    gains = [n for n in a if n.endswith("norm.weight")]
-    assert len(gains) == 2 * 2 + 1  # two per block of the 2-block toy, and the final norm
-    moved = {n for n in a if not torch.equal(a[n], b[n])}
-    assert moved == {n for n in a if n.endswith(".scales")} | set(gains)
-    assert all(b[n].dtype == a[n].dtype for n in gains)
-    report = json.loads((with_norms / "quantize_report.json").read_text())["e2e"]
-    assert report["norms"] is True and report["norm_gains"] == 5 and 0 < report["max_relative_gain_change"] < 0.5
-    assert json.loads((with_norms / "config.json").read_text())["quantization_config"]["e2e_norms"] is True
-
-    calibration = calibration_tokens(load_tokenizer(toy_llama), None, 8, 64, 42)  # FAST_TUNING's set
-    kl = [_kl_to_original(toy_llama, ckpt, calibration) for ckpt in (sr, scales_only, with_norms)]
-    assert kl[2] < 0.95 * kl[0] and kl[1] < 0.95 * kl[0], kl

@@ -57,7 +57,6 @@ class QuantConfig(msgspec.Struct, forbid_unknown_fields=False):
     e2e_epochs: int | None = None  # ours: end-to-end scale tuning after SignRound (absent: none)
     e2e_lr: float | None = None
     e2e_nsamples: int | None = None
-    e2e_norms: bool | None = None  # ours: the stage also tuned the normalization gains
     autoround_version: str | None = None
 
     def override_for(self, layer_name: str) -> LayerOverride | None:

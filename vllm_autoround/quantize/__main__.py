@@ -44,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--e2e_lr", type=float, help="end-to-end scale tuning learning rate (relative change per step)")
     p.add_argument("--e2e_nsamples", type=positive_int, help="calibration sequences of the end-to-end stage "
                                                              "(default: --nsamples; more generalize better)")
-    p.add_argument("--e2e_norms", action="store_true", default=None,
-                   help="the end-to-end stage also tunes the normalization layers' gains")
     p.add_argument("--e2e_batch_size", type=positive_int, default=4,
                    help="sequences per end-to-end step (bounds its activation memory; default 4)")
     p.add_argument("--dataset", help="calibration text: a .txt/.jsonl file or a folder of them (default built-in)")

@@ -4,10 +4,7 @@ SignRound tunes each block against that block's own full-precision output, so er
 block but compound through the model stay uncorrected. This stage tunes only the scales of every
 quantized layer, all at once, to bring the quantized model's next-token distribution back towards the
 full-precision model's on the calibration tokens (KL divergence per token). Codes and zero points stay as
-SignRound chose them, so the checkpoint's layout, and every kernel that serves it, is unchanged. With
-``--e2e_norms`` the gains of the normalization layers move too (they stay unquantized tensors, so the
-layout is still unchanged): a gain scales whole input channels of the layers it feeds, which group scales
-cannot express.
+SignRound chose them, so the checkpoint's layout, and every kernel that serves it, is unchanged.
 
 Unlike the block-wise tuner it holds the whole model on the device twice (the full-precision teacher and
 the student) plus one batch's activations for the backward pass; ``--e2e_batch_size`` bounds the latter.
@@ -27,11 +24,10 @@ from vllm_autoround.format.errors import FormatError
 from vllm_autoround.format.tensors import SCALE_DTYPE, TENSOR_SUFFIXES, unpack_linear
 from vllm_autoround.quantize.model_files import ModelFiles
 from vllm_autoround.quantize.plan import LinearLayer, QuantPlan
-from vllm_autoround.quantize.rtn import REST_UNIT, block_unit, unit_names
+from vllm_autoround.quantize.rtn import REST_UNIT, block_unit
 from vllm_autoround.quantize.writer import CheckpointWriter
 
 STAGE = "e2e_scales"
-FACTOR_SUFFIX = ".e2e_factor"
 KL_CHUNK_TOKENS = 2048
 
 
@@ -59,35 +55,6 @@ class ScaledCodesLinear(torch.nn.Module):
         g, gs, n = self.centred.shape
         weight = (self.centred.float() * self.scales().unsqueeze(1)).reshape(g * gs, n).t()
         return F.linear(x, weight.to(self.dtype), self.bias)
-
-
-class RelativeGain(torch.nn.Module):
-    """Parametrization ``w · (1 + factor)`` of a normalization gain; ``factor`` is trained, in float32."""
-
-    def __init__(self, shape: torch.Size, device: torch.device) -> None:
-        super().__init__()
-        self.factor = torch.nn.Parameter(torch.zeros(shape, device=device))
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return (weight.float() * (1 + self.factor)).to(weight.dtype)
-
-
-def is_norm(module: torch.nn.Module) -> bool:
-    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
-
-
-def install_norm_gains(model: torch.nn.Module) -> dict[str, RelativeGain]:
-    """Make every normalization layer's gain trainable as a relative factor; ``{gain tensor name: factor}``."""
-    from torch.nn.utils import parametrize
-
-    gains: dict[str, RelativeGain] = {}
-    for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if is_norm(module) and isinstance(weight, torch.nn.Parameter) and weight.dim() == 1:
-            gain = RelativeGain(weight.shape, weight.device)
-            parametrize.register_parametrization(module, "weight", gain)
-            gains[f"{name}.weight"] = gain
-    return gains
 
 
 def kl_per_token(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -137,12 +104,8 @@ def install_student(model: torch.nn.Module, writer: CheckpointWriter, plan: Quan
 
 def train_scales(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, tokens: torch.Tensor,
                  epochs: int, lr: float, batch_size: int, device: torch.device, seed: int,
-                 dtype: torch.dtype | None = None,
-                 norms: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Distil the written checkpoint towards the original model; the stage's tensors and a report.
-
-    The tensors are ``{layer}.scales`` (the tuned scales) and, with ``norms``, ``{gain}{FACTOR_SUFFIX}`` (the
-    relative change of each normalization gain, applied to the checkpoint's own tensor when rewritten).
+                 dtype: torch.dtype | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Distil the written checkpoint towards the original model; its tuned scales and a report.
 
     Models run in ``dtype``: by default bf16 on CUDA (as the block-wise tuner's autocast), float32 elsewhere.
     """
@@ -155,8 +118,7 @@ def train_scales(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, t
     for param in list(teacher.parameters()) + list(student.parameters()):
         param.requires_grad_(False)
     layers = install_student(student, writer, plan, device, dtype)
-    gains = install_norm_gains(student) if norms else {}
-    factors = [layer.factor for layer in layers.values()] + [gain.factor for gain in gains.values()]
+    factors = [layer.factor for layer in layers.values()]
     batches = math.ceil(tokens.shape[0] / batch_size)
     optimizer = torch.optim.Adam(factors, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches)
@@ -181,22 +143,17 @@ def train_scales(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, t
         bar.set_postfix_str(f"KL {epoch_kl[-1]:.4g}")
     bar.close()
     with torch.no_grad():
-        tuned = {f"{name}.scales": layer.scales().to(SCALE_DTYPE).cpu() for name, layer in layers.items()}
-        tuned.update({name + FACTOR_SUFFIX: gain.factor.detach().cpu() for name, gain in gains.items()})
+        scales = {name: layer.scales().to(SCALE_DTYPE).cpu() for name, layer in layers.items()}
         shift = max((layer.factor.abs().max().item() for layer in layers.values()), default=0.0)
-    report = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "sequences": tokens.shape[0], "norms": norms,
+    report = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "sequences": tokens.shape[0],
               "steps": epochs * batches, "layers": len(layers), "kl_per_epoch": [float(f"{x:.6g}") for x in epoch_kl],
               "max_relative_change": round(shift, 4), "seconds": round(time.monotonic() - started, 3)}
-    if gains:
-        report["norm_gains"] = len(gains)
-        report["max_relative_gain_change"] = round(max(g.factor.abs().max().item() for g in gains.values()), 4)
-    bad = [name for name, t in tuned.items()
-           if not bool(torch.isfinite(t).all()) or (name.endswith(".scales") and bool((t == 0).any()))]
+    bad = [name for name, s in scales.items() if not bool(torch.isfinite(s).all()) or bool((s == 0).any())]
     if bad or not all(math.isfinite(x) for x in epoch_kl):
-        report["discarded"] = f"non-finite or zero values in {len(bad)} tensors (e.g. {bad[:1]}); SignRound's kept"
-        tuned = {}
-    del teacher, student, layers, gains, optimizer
-    return tuned, report
+        report["discarded"] = f"non-finite or zero scales in {len(bad)} layers (e.g. {bad[:1]}); SignRound's kept"
+        scales = {}
+    del teacher, student, layers, optimizer
+    return scales, report
 
 
 def refuse_to_drop_saved_stage(writer: CheckpointWriter) -> None:
@@ -206,59 +163,49 @@ def refuse_to_drop_saved_stage(writer: CheckpointWriter) -> None:
         flags = f"--e2e_epochs {saved.get('epochs')} --e2e_lr {saved.get('lr')}"
         if saved.get("sequences") is not None:
             flags += f" --e2e_nsamples {saved['sequences']}"
-        if saved.get("norms"):
-            flags += " --e2e_norms"
         raise FormatError(f"{writer.partial}: the interrupted run already tuned scales end to end and may have "
                           f"written some of them; resume with {flags}")
 
 
 def tune_scales_end_to_end(files: ModelFiles, plan: QuantPlan, writer: CheckpointWriter, tokens: torch.Tensor,
-                           epochs: int, lr: float, batch_size: int, device: str, seed: int,
-                           norms: bool = False) -> dict[str, Any]:
-    """Tune, then rewrite every unit with the tuned tensors; resumable at every step.
+                           epochs: int, lr: float, batch_size: int, device: str, seed: int) -> dict[str, Any]:
+    """Tune, then rewrite every unit with the tuned scales; resumable at every step.
 
-    The stage's tensors are saved as one stage file before any unit is rewritten, and each rewritten unit is
+    The tuned scales are saved as one stage file before any unit is rewritten, and each rewritten unit is
     marked, so a run killed part-way through the rewrite finishes it on ``--resume`` without training again.
     """
     batch_size = min(batch_size, tokens.shape[0])
     saved = writer.read_stage(STAGE)
     if saved is None:
         try:
-            tuned, report = train_scales(files, plan, writer, tokens, epochs, lr, batch_size, torch.device(device),
-                                         seed, norms=norms)
+            scales, report = train_scales(files, plan, writer, tokens, epochs, lr, batch_size, torch.device(device),
+                                          seed)
         except torch.OutOfMemoryError as exc:
             raise ValueError(f"end-to-end scale tuning ran out of device memory ({str(exc).splitlines()[0]}); the "
                              f"SignRound result is kept in {writer.partial}: rerun with --resume and a smaller "
                              f"--e2e_batch_size, or --e2e_epochs 0") from None
-        writer.save_stage(STAGE, tuned, report)
+        writer.save_stage(STAGE, {f"{name}.scales": s for name, s in scales.items()}, report)
     else:
-        tuned, report = saved
-        wanted = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "sequences": tokens.shape[0], "norms": norms}
-        found = {k: report.get(k, False if k == "norms" else None) for k in wanted}
-        if found != wanted:
-            raise FormatError(f"{writer.partial}: the interrupted run tuned scales end to end with {found}, not "
-                              f"{wanted}; resume with those settings")
+        tensors, report = saved
+        wanted = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "sequences": tokens.shape[0]}
+        if {k: report.get(k) for k in wanted} != wanted:
+            raise FormatError(f"{writer.partial}: the interrupted run tuned scales end to end with "
+                              f"{ {k: report.get(k) for k in wanted} }, not {wanted}; resume with those settings")
+        scales = {name.removesuffix(".scales"): s for name, s in tensors.items()}
         report = dict(report, resumed=True)
-    unit_of = {f"{name}.scales": unit for name, (unit, _) in layer_units(plan).items()}
-    unit_of.update({name + FACTOR_SUFFIX: unit for unit, names in unit_names(files, plan).items() for name in names})
     by_unit: dict[str, list[str]] = {}
-    for key in tuned:
-        if key not in unit_of:
-            raise FormatError(f"{key.removesuffix(FACTOR_SUFFIX)}: tuned end to end but not a tensor of {files.root}")
-        by_unit.setdefault(unit_of[key], []).append(key)
-    for unit, keys in by_unit.items():
+    for name, (unit, _) in layer_units(plan).items():
+        if name in scales:
+            by_unit.setdefault(unit, []).append(name)
+    for unit, names in by_unit.items():
         info = writer.unit_info(unit)
         if info.get(STAGE):
             continue
         tensors = writer.read_unit(unit)
-        for key in keys:
-            name = key.removesuffix(FACTOR_SUFFIX)
-            if tensors[name].shape != tuned[key].shape:
-                raise FormatError(f"{name}: tuned shape {tuple(tuned[key].shape)} does not match the written "
-                                  f"{tuple(tensors[name].shape)}")
-            if key == name:
-                tensors[name] = tuned[key]
-            else:  # a normalization gain: its relative change, applied in float32 to the checkpoint's own tensor
-                tensors[name] = (tensors[name].float() * (1 + tuned[key])).to(tensors[name].dtype)
+        for name in names:
+            if tensors[f"{name}.scales"].shape != scales[name].shape:
+                raise FormatError(f"{name}.scales: tuned shape {tuple(scales[name].shape)} does not match the "
+                                  f"written {tuple(tensors[f'{name}.scales'].shape)}")
+            tensors[f"{name}.scales"] = scales[name]
         writer.write_unit(unit, tensors, dict(info, **{STAGE: True}))
     return report

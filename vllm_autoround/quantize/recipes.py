@@ -16,7 +16,6 @@ class Recipe:
     e2e_epochs: int = 0  # end-to-end scale tuning after SignRound (quantize/e2e.py); 0 = off
     e2e_lr: float = 3e-3
     e2e_nsamples: int | None = None  # calibration sequences of the end-to-end stage; None: nsamples
-    e2e_norms: bool = False  # the end-to-end stage also tunes the normalization gains
 
 
 RECIPES: dict[str, Recipe] = {

@@ -27,7 +27,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return resolve(args.recipe, iters=args.iters, nsamples=args.nsamples, seqlen=args.seqlen,
                    batch_size=args.batch_size, lr=args.lr, minmax_lr=args.minmax_lr,
                    e2e_epochs=getattr(args, "e2e_epochs", None), e2e_lr=getattr(args, "e2e_lr", None),
-                   e2e_nsamples=getattr(args, "e2e_nsamples", None), e2e_norms=getattr(args, "e2e_norms", None))
+                   e2e_nsamples=getattr(args, "e2e_nsamples", None))
 
 
 def run_signature(args: argparse.Namespace, recipe: Recipe, model_dir: Path) -> dict[str, Any]:
@@ -66,8 +66,6 @@ def check_recipe_args(args: argparse.Namespace, recipe: Recipe) -> None:
     if recipe.e2e_nsamples is not None and (recipe.e2e_nsamples < 1 or not recipe.e2e_epochs):
         raise ValueError(f"--e2e_nsamples ({recipe.e2e_nsamples}) must be >= 1 and needs --e2e_epochs >= 1 (the "
                          f"end-to-end stage it sizes is off)")
-    if recipe.e2e_norms and not recipe.e2e_epochs:
-        raise ValueError("--e2e_norms needs --e2e_epochs >= 1 (the end-to-end stage it widens is off)")
     if (recipe.iters or recipe.e2e_epochs) and min(recipe.nsamples, recipe.seqlen) < 1:
         raise ValueError(f"--recipe {args.recipe} has no calibration set (nsamples {recipe.nsamples}, seqlen "
                          f"{recipe.seqlen}); SignRound and end-to-end scale tuning need --nsamples and --seqlen")
@@ -112,16 +110,13 @@ def quantize(args: argparse.Namespace) -> Path:
         from vllm_autoround.quantize.e2e import tune_scales_end_to_end
 
         report["e2e"] = tune_scales_end_to_end(files, plan, writer, e2e_tokens, recipe.e2e_epochs, recipe.e2e_lr,
-                                               getattr(args, "e2e_batch_size", 4), device, args.seed,
-                                               recipe.e2e_norms)
+                                               getattr(args, "e2e_batch_size", 4), device, args.seed)
     metadata = dict(autoround_version=f"vllm-autoround-{__version__}", iters=recipe.iters)
     if recipe.iters:
         metadata.update(nsamples=recipe.nsamples, seqlen=recipe.seqlen, batch_size=recipe.batch_size,
                         lr=recipe.lr, minmax_lr=recipe.minmax_lr)
     if recipe.e2e_epochs:
         metadata.update(e2e_epochs=recipe.e2e_epochs, e2e_lr=recipe.e2e_lr, e2e_nsamples=e2e_tokens.shape[0])
-        if recipe.e2e_norms:
-            metadata.update(e2e_norms=True)
     quant_config = plan.quant_config(**metadata).to_dict()
     config = dict(files.config, quantization_config=quant_config)
     report["seconds"] = round(time.monotonic() - started, 3)
